@@ -1,0 +1,177 @@
+"""The command line: thin. Parses arguments, calls a use case, prints a table or JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from podnet import cluster as usecases
+from podnet.errors import PodnetError
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+def _json(data: object) -> None:
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+def _waiting(cluster_hint: str) -> Callable[[], None]:
+    return lambda: err.print(f"[yellow]waiting for another podnet command on {cluster_hint} to finish...[/]")
+
+
+def _progress_factory(enabled: bool):  # noqa: ANN202
+    if not enabled:
+        return None
+    state: dict = {}
+
+    def start(total: int) -> Callable[[int], None]:
+        bar = Progress(
+            TextColumn("applying"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err, transient=True
+        )
+        bar.start()
+        task = bar.add_task("apply", total=total)
+        state["bar"] = bar
+
+        def tick(n: int) -> None:
+            bar.advance(task, n)
+            if bar.tasks[0].completed >= total:
+                bar.stop()
+
+        return tick
+
+    return start
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    result = usecases.up(
+        args.file,
+        dry_run=args.dry_run,
+        on_wait=_waiting(args.file),
+        progress=_progress_factory(err.is_terminal and args.output != "json"),
+    )
+    data = result.to_json()
+    if args.output == "json":
+        _json(data)
+        return 0
+    verb = "would make" if result.dry_run else "made"
+    summary = ", ".join(f"{op} {n}" for op, n in data["summary"].items())
+    out.print(f"cluster [bold]{result.cluster}[/]: {verb} {data['changes']} changes" + (f" ({summary})" if summary else ""))
+    if args.verbose or result.dry_run:
+        for line in data["details"]:
+            out.print(f"  {line}")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    name = args.cluster or usecases.resolve_cluster(None)
+    result = usecases.down(name, on_wait=_waiting(name))
+    if args.output == "json":
+        _json(result.to_json())
+    else:
+        out.print(
+            f"cluster [bold]{name}[/]: removed {result.namespaces} namespaces, stopped {result.processes} processes"
+            + (", removed its state" if result.state_removed else "")
+        )
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    name = usecases.resolve_cluster(args.cluster)
+    data = usecases.status(name)
+    if args.output == "json":
+        _json(data)
+        return 0
+    out.print(f"cluster [bold]{name}[/] (backend {data['backend']})")
+    nodes = Table("NODE", "NETNS", "UNDERLAY IP", "POD CIDR", "READY", box=None, header_style="bold")
+    for n in data["nodes"]:
+        nodes.add_row(n["name"], n["netns"], n["underlay_ip"], n["pod_cidr"], _yes(n["ready"]))
+    out.print(nodes)
+    out.print()
+    pods = Table("NAMESPACE", "POD", "NODE", "IP", "MAC", "PORTS", "READY", box=None, header_style="bold")
+    for p in data["pods"]:
+        pods.add_row(p["namespace"], p["name"], p["node"], p["ip"], p["mac"], ",".join(p["ports"]) or "-", _yes(p["ready"]))
+    out.print(pods)
+    return 0
+
+
+def _yes(value: bool) -> str:
+    return "[green]yes[/]" if value else "[red]no[/]"
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    name = usecases.resolve_cluster(args.cluster)
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        raise PodnetError("nothing to run: give a command after --, e.g. podnet exec web-1 -- ip addr")
+    ns = usecases.exec_target(name, args.target)
+    sys.stdout.flush()
+    # `ip netns exec` also bind-mounts /etc/netns/<name>/* (a pod's resolv.conf) for the command.
+    os.execvp("ip", ["ip", "netns", "exec", ns, *command])
+    return 127  # not reached
+
+
+def cmd_netexec_daemon(args: argparse.Namespace) -> int:
+    from podnet.runtime import netexec
+
+    netexec.main(Path(args.state_dir))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="podnet", description="Kubernetes networking on the real Linux kernel.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(p: argparse.ArgumentParser, cluster: bool = True) -> None:
+        if cluster:
+            p.add_argument("-c", "--cluster", help="cluster name (may be left out when only one exists)")
+        p.add_argument("-o", "--output", choices=["table", "json"], default="table", help="output format")
+
+    p = sub.add_parser("up", help="create or converge a cluster from a file")
+    p.add_argument("file")
+    p.add_argument("--dry-run", action="store_true", help="show what would change, change nothing")
+    p.add_argument("-v", "--verbose", action="store_true", help="list every change")
+    common(p, cluster=False)
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("down", help="remove everything of a cluster")
+    common(p)
+    p.set_defaults(func=cmd_down)
+
+    p = sub.add_parser("status", help="nodes and pods of a cluster")
+    common(p)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("exec", help="run a command in a pod's or node's network namespace")
+    p.add_argument("-c", "--cluster")
+    p.add_argument("target", help="NS/POD, POD (namespace default) or NODE")
+    p.add_argument("command", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_exec)
+
+    p = sub.add_parser("netexec-daemon", help=argparse.SUPPRESS)
+    p.add_argument("--cluster", required=True)
+    p.add_argument("--state-dir", required=True)
+    p.set_defaults(func=cmd_netexec_daemon)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        code = args.func(args)
+    except PodnetError as exc:
+        err.print(f"[red]error:[/] {exc}", soft_wrap=True)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)

@@ -1,0 +1,228 @@
+"""The use cases behind the CLI: up, down, status. Each is load -> plan -> observe -> diff -> apply.
+
+The CLI stays thin; tests and the benchmark call these functions directly.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from podnet import names
+from podnet.errors import UsageError
+from podnet.kernel import netns
+from podnet.kernel.apply import apply
+from podnet.kernel.netlink import Sessions
+from podnet.kernel.observe import observe
+from podnet.plan import Plan, plan
+from podnet.reconcile import Change, diff
+from podnet.runtime import process
+from podnet.spec import Spec, load_file, load_text
+from podnet.state import State
+from podnet.store import Store, cluster_dir, cluster_lock, known_clusters
+
+ProgressStart = Callable[[int], Callable[[int], None]]
+
+
+@dataclass
+class UpResult:
+    cluster: str
+    changes: list[Change]
+    dry_run: bool
+
+    def to_json(self) -> dict:
+        return {
+            "cluster": self.cluster,
+            "changes": len(self.changes),
+            "dry_run": self.dry_run,
+            "summary": dict(sorted(Counter(c.op for c in self.changes).items())),
+            "details": [c.describe() for c in self.changes],
+        }
+
+
+def _sysctl_keys(state: State) -> set[str]:
+    return {k for ns in state.namespaces.values() for k in ns.sysctls}
+
+
+def observe_cluster(cluster: str, desired: State, sessions: Sessions | None = None) -> tuple[State, list[str]]:
+    """The kernel's view of a cluster's namespaces, and the cluster's namespaces not desired."""
+    present = netns.list_prefixed(names.cluster_prefix(cluster))
+    observed = observe(present, _sysctl_keys(desired), sessions)
+    observed.processes = process.observe(cluster_dir(cluster), cluster)
+    extra = [n for n in present if n not in desired.namespaces]
+    return observed, extra
+
+
+def up(
+    file: str,
+    dry_run: bool = False,
+    on_wait: Callable[[], None] | None = None,
+    progress: ProgressStart | None = None,
+) -> UpResult:
+    spec = load_file(file)
+    text = Path(file).read_text()
+    cluster = spec.cluster.name
+    if dry_run:
+        p = plan(spec, _previous_allocations(cluster))
+        observed, extra = observe_cluster(cluster, p.state)
+        return UpResult(cluster, diff(p.state, observed, extra), True)
+    with cluster_lock(cluster, on_wait=on_wait):
+        previous = _previous_allocations(cluster)
+        p = plan(spec, previous)  # may still refuse the spec: nothing is created before this
+        store = Store(cluster)
+        try:
+            # Allocations first: a crash from here on replans the very same addresses.
+            store.save(p.allocations, text, str(Path(file).resolve()))
+            with Sessions() as sessions:
+                observed, extra = observe_cluster(cluster, p.state, sessions)
+                changes = diff(p.state, observed, extra)
+                tick = progress(len(changes)) if progress and changes else None
+                apply(changes, sessions, _process_handler(cluster, p), tick)
+        finally:
+            store.close()
+    return UpResult(cluster, changes, False)
+
+
+def _previous_allocations(cluster: str) -> dict:
+    if not (cluster_dir(cluster) / "state.db").exists():
+        return {}
+    store = Store(cluster, create=False)
+    try:
+        return store.allocations()
+    finally:
+        store.close()
+
+
+def _process_handler(cluster: str, p: Plan) -> Callable[[Change], None]:
+    state_dir = cluster_dir(cluster)
+
+    def handle(change: Change) -> None:
+        if change.op == "stop_process":
+            process.stop(state_dir, cluster)
+            return
+        process.write_config(state_dir, p.netexec_config, change.obj.digest)
+        if change.op == "start_process":
+            process.start(state_dir, cluster, change.obj.digest)
+        else:
+            process.reload(state_dir, cluster, change.obj.digest)
+
+    return handle
+
+
+@dataclass
+class DownResult:
+    cluster: str
+    namespaces: int
+    processes: int
+    state_removed: bool
+    removed: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {
+            "cluster": self.cluster,
+            "namespaces": self.namespaces,
+            "processes": self.processes,
+            "state_removed": self.state_removed,
+        }
+
+
+def down(cluster: str, on_wait: Callable[[], None] | None = None) -> DownResult:
+    """Remove everything of the cluster, found by name: works with the state file gone."""
+    names.check_cluster_name(cluster)
+    with cluster_lock(cluster, on_wait=on_wait):
+        state_dir = cluster_dir(cluster)
+        stopped = process.stop(state_dir if state_dir.exists() else None, cluster)
+        present = netns.list_prefixed(names.cluster_prefix(cluster))
+        for name in present:
+            netns.delete(name)
+        existed = state_dir.exists()
+        shutil.rmtree(state_dir, ignore_errors=True)
+    (state_dir.parent / f".{cluster}.lock").unlink(missing_ok=True)
+    return DownResult(cluster, len(present), stopped, existed, present)
+
+
+def resolve_cluster(name: str | None) -> str:
+    """The -c argument, or the only cluster there is."""
+    if name:
+        return name
+    clusters = known_clusters()
+    if len(clusters) == 1:
+        return clusters[0]
+    if not clusters:
+        raise UsageError("no cluster exists here; bring one up with 'podnet up FILE'")
+    raise UsageError(f"several clusters exist ({', '.join(clusters)}); choose one with -c NAME")
+
+
+def load_applied(cluster: str) -> tuple[Spec, Plan]:
+    """The spec the cluster was last brought up with, planned again with its allocations."""
+    if not (cluster_dir(cluster) / "state.db").exists():
+        raise UsageError(f"cluster {cluster!r} does not exist (no state in {cluster_dir(cluster)})")
+    store = Store(cluster, create=False)
+    try:
+        text = store.get_meta("spec") or ""
+        file = store.get_meta("spec_file") or "<applied spec>"
+        allocations = store.allocations()
+    finally:
+        store.close()
+    spec = load_text(text, file)
+    return spec, plan(spec, allocations)
+
+
+def status(cluster: str) -> dict:
+    _, p = load_applied(cluster)
+    topo = p.topology
+    ready = process.read_ready(cluster_dir(cluster)) or {}
+    daemon = process.running_pid(cluster_dir(cluster), cluster)
+    listening: dict[str, set[tuple[int, str]]] = {}
+    for item in ready.get("listening", []) if daemon else []:
+        listening.setdefault(item["netns"], set()).add((item["port"], item["protocol"]))
+    pods = []
+    for pod in topo.pods.values():
+        alive = netns.exists(pod.netns)
+        wanted = {(port.port, port.protocol) for port in pod.ports}
+        pods.append(
+            {
+                "namespace": pod.namespace,
+                "name": pod.name,
+                "node": pod.node,
+                "ip": pod.ip,
+                "mac": pod.mac,
+                "netns": pod.netns,
+                "ports": [f"{port.port}/{port.protocol}" for port in pod.ports],
+                "ready": alive and wanted <= listening.get(pod.netns, set()),
+            }
+        )
+    return {
+        "cluster": cluster,
+        "backend": topo.backend,
+        "nodes": [
+            {
+                "name": n.name,
+                "netns": n.netns,
+                "underlay_ip": n.underlay_ip,
+                "pod_cidr": n.pod_cidr,
+                "ready": netns.exists(n.netns),
+            }
+            for n in topo.nodes.values()
+        ],
+        "pods": pods,
+    }
+
+
+def exec_target(cluster: str, target: str) -> str:
+    """The namespace of a pod (NS/POD, or POD in 'default') or of a node."""
+    _, p = load_applied(cluster)
+    topo = p.topology
+    if "/" in target:
+        pod = topo.pods.get(target)
+    else:
+        pod = topo.pods.get(f"default/{target}")
+        if target in topo.nodes:
+            return topo.nodes[target].netns
+    if pod is None:
+        choices = sorted(list(topo.nodes) + list(topo.pods))
+        raise UsageError(f"no pod or node {target!r} in cluster {cluster!r} (expected one of: {', '.join(choices)})")
+    return pod.netns

@@ -1,0 +1,192 @@
+"""Diff a desired State against an observed one into ordered Changes.
+
+Order matters: namespaces before the links in them, links before addresses, addresses
+before the routes that use them as next hop, and deletions before creations so that a
+recreated object never collides with its old self. Applying the result and diffing again
+yields nothing: that is what makes ``up`` idempotent and a crash at any point repairable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from podnet.state import Address, Fdb, Link, NetnsState, Neighbour, Process, Route, State
+
+# (phase, op): the phase orders the whole change list.
+PHASES = {
+    "del_netns": 0,
+    "stop_process": 0,
+    "del_route": 1,
+    "del_neigh": 1,
+    "del_fdb": 1,
+    "del_addr": 1,
+    "del_link": 2,
+    "add_netns": 3,
+    "set_sysctl": 4,
+    "add_link": 5,  # bridges, vxlan
+    "add_veth": 6,  # pairs, created from one end
+    "set_link": 7,
+    "add_addr": 8,
+    "add_route": 9,
+    "add_neigh": 10,
+    "add_fdb": 10,
+    "start_process": 11,
+    "reload_process": 11,
+}
+
+
+@dataclass(frozen=True)
+class Change:
+    op: str
+    netns: str
+    obj: Any = None
+    peer: Any = None  # add_veth: the desired Link of the other end
+    reason: str | None = None
+
+    @property
+    def phase(self) -> int:
+        return PHASES[self.op]
+
+    def describe(self) -> str:
+        what = {
+            Link: lambda o: f"link {o.name}",
+            Address: lambda o: f"address {o.cidr} on {o.ifname}",
+            Route: lambda o: f"route {o.dst} via {', '.join(h.gateway or h.dev or '?' for h in o.nexthops)}",
+            Neighbour: lambda o: f"neighbour {o.ip} {o.mac} on {o.ifname}",
+            Fdb: lambda o: f"fdb {o.mac} -> {o.dst} on {o.ifname}",
+            Process: lambda o: f"process {o.name}",
+            tuple: lambda o: f"{o[0]}={o[1]}",
+        }
+        obj = self.obj
+        text = next((f(obj) for t, f in what.items() if isinstance(obj, t)), "")
+        if self.op == "add_veth":
+            text = f"veth {obj.name} <-> {self.peer.name} in {obj.peer_netns}"
+        out = f"{self.op} {self.netns}" + (f" {text}" if text else "")
+        return out + (f" ({self.reason})" if self.reason else "")
+
+
+def fresh_namespace(name: str) -> NetnsState:
+    """What a namespace holds right after creation: a loopback that is down."""
+    ns = NetnsState(name)
+    ns.links["lo"] = Link("lo", "loopback", up=False)
+    return ns
+
+
+def diff(desired: State, observed: State, owned_extra: list[str] | None = None) -> list[Change]:
+    """Changes that turn ``observed`` into ``desired``.
+
+    ``owned_extra``: namespaces that belong to this cluster but are not desired (found by
+    name prefix); they are deleted whole.
+    """
+    changes: list[Change] = []
+    for name in owned_extra or []:
+        if name not in desired.namespaces:
+            changes.append(Change("del_netns", name))
+
+    # Which ends of veth pairs need (re)creating; one add_veth per pair.
+    recreate: set[tuple[str, str]] = set()
+    for ns_name, want in desired.namespaces.items():
+        have = observed.namespaces.get(ns_name)
+        if have is None:
+            changes.append(Change("add_netns", ns_name))
+            have = fresh_namespace(ns_name)
+        changes.extend(_diff_namespace(want, have, desired, recreate))
+
+    changes.extend(_diff_processes(desired, observed))
+    changes.sort(key=lambda c: (c.phase, c.netns))
+    return changes
+
+
+def _diff_namespace(want: NetnsState, have: NetnsState, desired: State, recreate: set[tuple[str, str]]) -> list[Change]:
+    out: list[Change] = []
+    gone_links: set[str] = set()  # links deleted or created now: their addresses/routes are new too
+
+    for name, link in want.links.items():
+        cur = have.links.get(name)
+        reason = None
+        if cur is not None:
+            reason = cur.incompatible(link)
+            if reason is None and link.kind == "veth" and cur.peer_netns not in desired.namespaces:
+                reason = "peer is gone"
+        if cur is not None and reason is None:
+            if not cur.satisfies(link):
+                out.append(Change("set_link", want.name, link))
+            continue
+        if cur is not None:
+            out.append(Change("del_link", want.name, cur, reason=reason))
+        gone_links.add(name)
+        if link.kind != "veth":
+            out.append(Change("add_link", want.name, link))
+            continue
+        end = (want.name, name)
+        peer_end = (link.peer_netns, link.peer_name)
+        if end in recreate or peer_end in recreate:
+            # The pair is already being created from the other end; this end only needs its settings.
+            out.append(Change("set_link", want.name, replace(link, up=True) if link.up else link))
+            continue
+        recreate.add(end)
+        peer = desired.namespaces[link.peer_netns].links[link.peer_name]
+        if _is_creator(link, peer):
+            out.append(Change("add_veth", want.name, link, peer=peer))
+        else:
+            # Created from this end in the peer's namespace view: swap roles.
+            out.append(Change("add_veth", link.peer_netns, peer, peer=link))
+            out.append(Change("set_link", want.name, link))
+
+    for name, cur in have.links.items():
+        if name not in want.links and cur.kind != "loopback":
+            out.append(Change("del_link", want.name, cur, reason="not planned"))
+
+    for addr in want.addresses - have.addresses:
+        out.append(Change("add_addr", want.name, addr))
+    for addr in have.addresses - want.addresses:
+        if addr.ifname not in gone_links and addr.ifname in have.links:
+            out.append(Change("del_addr", want.name, addr))
+    for addr in want.addresses & have.addresses:
+        if addr.ifname in gone_links:
+            out.append(Change("add_addr", want.name, addr))
+
+    for key, route in want.routes.items():
+        cur_route = have.routes.get(key)
+        if cur_route != route or any(h.dev in gone_links for h in route.nexthops):
+            out.append(Change("add_route", want.name, route))
+    for key, cur_route in have.routes.items():
+        if key not in want.routes and cur_route.proto in ("static", "boot"):
+            out.append(Change("del_route", want.name, cur_route))
+
+    for neigh in want.neighbours - have.neighbours:
+        out.append(Change("add_neigh", want.name, neigh))
+    for neigh in have.neighbours - want.neighbours:
+        out.append(Change("del_neigh", want.name, neigh))
+    for fdb in want.fdb - have.fdb:
+        out.append(Change("add_fdb", want.name, fdb))
+    for fdb in have.fdb - want.fdb:
+        out.append(Change("del_fdb", want.name, fdb))
+
+    for key, value in want.sysctls.items():
+        if have.sysctls.get(key) != value:
+            out.append(Change("set_sysctl", want.name, (key, value)))
+    return out
+
+
+def _is_creator(link: Link, peer: Link) -> bool:
+    """Create a pair from the end that is not enslaved to a bridge: its index can be pinned,
+    and the enslaved end is then configured by name in its own namespace's batch."""
+    if (link.master is None) != (peer.master is None):
+        return link.master is None
+    return (link.name, link.peer_name or "") <= (peer.name, peer.peer_name or "")
+
+
+def _diff_processes(desired: State, observed: State) -> list[Change]:
+    out: list[Change] = []
+    for name, proc in desired.processes.items():
+        cur = observed.processes.get(name)
+        if cur is None:
+            out.append(Change("start_process", "", proc))
+        elif cur.digest != proc.digest:
+            out.append(Change("reload_process", "", proc))
+    for name, cur in observed.processes.items():
+        if name not in desired.processes:
+            out.append(Change("stop_process", "", cur))
+    return out

@@ -1,0 +1,164 @@
+"""Read a cluster file into a validated :class:`Spec`, or raise one precise SpecError."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path as FsPath
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from podnet.errors import SpecError
+from podnet.spec.models import (
+    KINDS,
+    ClusterDoc,
+    ClusterSpec,
+    Namespace,
+    NamespaceDoc,
+    Pod,
+    PodDoc,
+    Port,
+    Spec,
+)
+from podnet.spec.validate import validate
+from podnet.spec.yamlpos import Document, DuplicateKey, Path, compose_documents
+
+
+def load_file(path: str | FsPath) -> Spec:
+    p = FsPath(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise SpecError(str(path), None, "", f"cannot read file: {exc.strerror}") from exc
+    return load_text(text, str(path))
+
+
+def _field(path: Path) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _pydantic_error(file: str, doc: Document, exc: ValidationError, model: type) -> SpecError:
+    err = exc.errors()[0]
+    loc: Path = tuple(err["loc"])
+    # Drop pydantic's internal loc parts (e.g. the 'function-after[...]' of validators).
+    loc = tuple(p for p in loc if not (isinstance(p, str) and "[" in p))
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        allowed = _allowed_fields(model, loc[:-1])
+        msg = "unknown field" + (f" (expected one of: {', '.join(allowed)})" if allowed else "")
+    elif err["type"] == "missing":
+        msg = "required field is missing"
+    elif err["type"] == "literal_error":
+        msg = f"got {err.get('input')!r}, {msg[0].lower()}{msg[1:]}"
+    return SpecError(file, doc.line_of(loc), _field(loc), msg)
+
+
+def _allowed_fields(model: type, path: Path) -> list[str]:
+    """Walk the model along ``path`` to list the fields that would have been accepted."""
+    from typing import get_args
+
+    cur: Any = model
+    for part in path:
+        if isinstance(part, int):
+            continue
+        info = getattr(cur, "model_fields", {}).get(part)
+        if info is None:
+            return []
+        ann = info.annotation
+        nxt = None
+        for cand in (ann, *get_args(ann), *[a for g in get_args(ann) for a in get_args(g)]):
+            if hasattr(cand, "model_fields"):
+                nxt = cand
+                break
+        if nxt is None:
+            return []
+        cur = nxt
+    return sorted(getattr(cur, "model_fields", {}))
+
+
+def load_text(text: str, file: str = "<string>") -> Spec:
+    try:
+        docs = compose_documents(text)
+    except DuplicateKey as dup:
+        raise SpecError(file, dup.line, _field(dup.path + (dup.key,)), "duplicate key") from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        raise SpecError(file, line, "", f"YAML syntax error: {exc.problem or exc.context}") from None
+    except yaml.YAMLError as exc:
+        raise SpecError(file, None, "", f"YAML syntax error: {exc}") from None
+
+    cluster: tuple[Document, ClusterDoc] | None = None
+    namespaces: list[tuple[Document, NamespaceDoc]] = []
+    pods: list[tuple[Document, PodDoc]] = []
+    for doc in docs:
+        if not isinstance(doc.data, dict):
+            raise SpecError(file, doc.line, "", "each document must be a mapping with apiVersion and kind")
+        kind = doc.data.get("kind")
+        if kind not in KINDS:
+            expected = ", ".join(KINDS)
+            raise SpecError(file, doc.line_of(("kind",)), "kind", f"unknown kind {kind!r} (expected one of: {expected})")
+        model = KINDS[kind]
+        try:
+            obj = model.model_validate(doc.data)
+        except ValidationError as exc:
+            raise _pydantic_error(file, doc, exc, model) from None
+        if isinstance(obj, ClusterDoc):
+            if cluster is not None:
+                raise SpecError(file, doc.line, "kind", "a file holds exactly one Cluster document; found a second")
+            cluster = (doc, obj)
+        elif isinstance(obj, NamespaceDoc):
+            namespaces.append((doc, obj))
+        elif isinstance(obj, PodDoc):
+            pods.append((doc, obj))
+    if cluster is None:
+        raise SpecError(file, None, "kind", "no Cluster document (expected one with apiVersion: podnet.io/v1alpha1)")
+
+    validate(file, cluster, namespaces, pods)
+    return _to_spec(file, cluster[1], namespaces, pods)
+
+
+def _to_spec(
+    file: str,
+    cluster: ClusterDoc,
+    namespaces: list[tuple[Document, NamespaceDoc]],
+    pods: list[tuple[Document, PodDoc]],
+) -> Spec:
+    body = cluster.spec
+    spec = Spec(
+        file=file,
+        cluster=ClusterSpec(
+            name=cluster.metadata.name,
+            pod_cidr=ipaddress.IPv4Network(body.podCIDR),
+            node_mask=body.nodeCIDRMaskSize,
+            service_cidr=ipaddress.IPv4Network(body.serviceCIDR),
+            backend=body.backend,
+            underlay_cidr=ipaddress.IPv4Network(body.underlay.cidr),
+            underlay_mtu=body.underlay.mtu,
+            nodes=[n.name for n in body.nodes],
+        ),
+    )
+    spec.namespaces["default"] = Namespace("default", {"kubernetes.io/metadata.name": "default"})
+    for _, ns in namespaces:
+        labels = dict(ns.metadata.labels)
+        labels["kubernetes.io/metadata.name"] = ns.metadata.name
+        spec.namespaces[ns.metadata.name] = Namespace(ns.metadata.name, labels)
+    for doc, pod in pods:
+        ports = tuple(
+            Port(p.containerPort, p.protocol, p.name, p.hostPort) for c in pod.spec.containers for p in c.ports
+        )
+        spec.pods.append(
+            Pod(
+                namespace=pod.metadata.namespace or "default",
+                name=pod.metadata.name,
+                labels=dict(pod.metadata.labels),
+                node=pod.spec.nodeName,
+                ports=ports,
+                line=doc.line,
+            )
+        )
+    return spec

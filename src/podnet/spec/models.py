@@ -1,0 +1,171 @@
+"""The typed cluster file: one ``Cluster`` document plus Kubernetes manifests.
+
+Every model forbids unknown fields, so a typo is an error rather than a silently ignored
+setting. Cross-document rules (overlaps, references, duplicates) live in ``validate``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+def check_label(value: str) -> str:
+    if len(value) > 63 or not DNS1123_LABEL.match(value):
+        raise ValueError(
+            f"{value!r} is not a DNS-1123 label (expected at most 63 characters of a-z, 0-9 "
+            "and '-', starting and ending with a letter or digit)"
+        )
+    return value
+
+
+def check_cidr(value: str) -> str:
+    try:
+        net = ipaddress.IPv4Network(value, strict=True)
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not a valid IPv4 CIDR ({exc}; expected e.g. 10.244.0.0/16)") from None
+    return str(net)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class ObjectMeta(Strict):
+    name: str
+    namespace: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+    _check_name = field_validator("name")(check_label)
+
+
+class Underlay(Strict):
+    cidr: str = "172.31.0.0/24"
+    mtu: int = Field(1500, ge=1280, le=9000)
+
+    _check_cidr = field_validator("cidr")(check_cidr)
+
+
+class Node(Strict):
+    name: str
+
+    _check_name = field_validator("name")(check_label)
+
+
+class ClusterBody(Strict):
+    podCIDR: str = "10.244.0.0/16"
+    nodeCIDRMaskSize: int = Field(24, ge=8, le=30)
+    serviceCIDR: str = "10.96.0.0/12"
+    backend: Literal["host-gw"] = "host-gw"
+    underlay: Underlay = Field(default_factory=Underlay)
+    nodes: list[Node] = Field(min_length=1)
+
+    _check_cidrs = field_validator("podCIDR", "serviceCIDR")(check_cidr)
+
+
+class ClusterMeta(Strict):
+    name: str
+
+    _check_name = field_validator("name")(check_label)
+
+
+class ClusterDoc(Strict):
+    apiVersion: Literal["podnet.io/v1alpha1"]
+    kind: Literal["Cluster"]
+    metadata: ClusterMeta
+    spec: ClusterBody
+
+
+class NamespaceDoc(Strict):
+    apiVersion: Literal["v1"]
+    kind: Literal["Namespace"]
+    metadata: ObjectMeta
+
+
+class ContainerPort(Strict):
+    name: str | None = None
+    containerPort: int = Field(ge=1, le=65535)
+    protocol: Literal["TCP", "UDP"] = "TCP"
+    hostPort: int | None = Field(None, ge=1, le=65535)
+
+
+class Container(Strict):
+    name: str
+    image: str | None = None
+    command: list[str] | None = None
+    args: list[str] | None = None
+    ports: list[ContainerPort] = Field(default_factory=list)
+
+    _check_name = field_validator("name")(check_label)
+
+
+class PodBody(Strict):
+    nodeName: str | None = None
+    containers: list[Container] = Field(min_length=1)
+
+
+class PodDoc(Strict):
+    apiVersion: Literal["v1"]
+    kind: Literal["Pod"]
+    metadata: ObjectMeta
+    spec: PodBody
+
+
+KINDS: dict[str, type[Strict]] = {"Cluster": ClusterDoc, "Namespace": NamespaceDoc, "Pod": PodDoc}
+
+
+@dataclass(frozen=True)
+class Port:
+    port: int
+    protocol: str  # TCP | UDP
+    name: str | None = None
+    host_port: int | None = None
+
+
+@dataclass(frozen=True)
+class Pod:
+    namespace: str
+    name: str
+    labels: dict[str, str]
+    node: str | None  # as the user wrote it; placement happens in plan
+    ports: tuple[Port, ...]
+    line: int  # where the document starts, for errors found while planning
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Namespace:
+    name: str
+    labels: dict[str, str]
+
+
+@dataclass
+class ClusterSpec:
+    name: str
+    pod_cidr: ipaddress.IPv4Network
+    node_mask: int
+    service_cidr: ipaddress.IPv4Network
+    backend: str
+    underlay_cidr: ipaddress.IPv4Network
+    underlay_mtu: int
+    nodes: list[str]
+
+
+@dataclass
+class Spec:
+    """A whole validated cluster file."""
+
+    file: str
+    cluster: ClusterSpec
+    namespaces: dict[str, Namespace] = field(default_factory=dict)
+    pods: list[Pod] = field(default_factory=list)

@@ -1,0 +1,148 @@
+"""The one shape everything speaks: what a set of network namespaces contains.
+
+``plan`` produces a desired :class:`State`, ``kernel.observe`` reads the kernel into one,
+``reconcile`` diffs two of them, and ``trace`` walks a packet through one. Keeping this a
+plain, comparable data model is what makes ``observe(after up) == plan`` a testable claim.
+
+A field left ``None`` in a planned object means "podnet does not care" (for example the MAC
+the kernel picks for a node-side veth); :func:`Link.satisfies` treats it as a wildcard.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+MAIN_TABLE = 254
+
+
+@dataclass(frozen=True)
+class Link:
+    name: str
+    kind: str  # loopback | veth | bridge | vxlan
+    up: bool = True
+    mac: str | None = None
+    mtu: int | None = None
+    master: str | None = None
+    peer_netns: str | None = None  # veth: namespace of the other end
+    peer_name: str | None = None  # veth: interface name of the other end
+    alias: str | None = None
+    vni: int | None = None  # vxlan
+    local: str | None = None  # vxlan: the underlay address of this end
+    dstport: int | None = None  # vxlan
+    learning: bool | None = None  # vxlan
+
+    def satisfies(self, desired: Link) -> bool:
+        """True when this (observed) link meets every attribute ``desired`` pins down."""
+        for f in fields(self):
+            want = getattr(desired, f.name)
+            if want is not None and getattr(self, f.name) != want:
+                return False
+        return True
+
+    def incompatible(self, desired: Link) -> str | None:
+        """Why this link must be recreated rather than modified, or None."""
+        if self.kind != desired.kind:
+            return f"kind {self.kind} != {desired.kind}"
+        for attr in ("peer_netns", "peer_name", "vni", "local", "dstport", "learning"):
+            want = getattr(desired, attr)
+            if want is not None and getattr(self, attr) != want:
+                return f"{attr} {getattr(self, attr)} != {want}"
+        return None
+
+
+@dataclass(frozen=True)
+class Address:
+    ifname: str
+    cidr: str  # "10.244.0.2/24"
+
+    @property
+    def ip(self) -> str:
+        return self.cidr.split("/")[0]
+
+
+@dataclass(frozen=True)
+class NextHop:
+    gateway: str | None = None
+    dev: str | None = None
+    weight: int = 1
+
+
+@dataclass(frozen=True)
+class Route:
+    dst: str  # "10.244.1.0/24" or "0.0.0.0/0"
+    nexthops: tuple[NextHop, ...]
+    table: int = MAIN_TABLE
+    metric: int = 0
+    proto: str = "static"
+
+    @property
+    def key(self) -> tuple[int, str, int]:
+        return (self.table, self.dst, self.metric)
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    ifname: str
+    ip: str
+    mac: str
+
+
+@dataclass(frozen=True)
+class Fdb:
+    ifname: str
+    mac: str
+    dst: str  # remote underlay IP for a VXLAN entry
+
+
+@dataclass
+class NetnsState:
+    name: str
+    links: dict[str, Link] = field(default_factory=dict)
+    addresses: set[Address] = field(default_factory=set)
+    routes: dict[tuple[int, str, int], Route] = field(default_factory=dict)
+    neighbours: set[Neighbour] = field(default_factory=set)
+    fdb: set[Fdb] = field(default_factory=set)
+    sysctls: dict[str, str] = field(default_factory=dict)
+
+    def add_link(self, link: Link) -> None:
+        self.links[link.name] = link
+
+    def add_route(self, route: Route) -> None:
+        self.routes[route.key] = route
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name,
+            "links": [asdict(v) for _, v in sorted(self.links.items())],
+            "addresses": [asdict(a) for a in sorted(self.addresses, key=lambda a: (a.ifname, a.cidr))],
+            "routes": [asdict(r) for _, r in sorted(self.routes.items())],
+            "neighbours": [asdict(n) for n in sorted(self.neighbours, key=lambda n: (n.ifname, n.ip))],
+            "fdb": [asdict(f) for f in sorted(self.fdb, key=lambda f: (f.ifname, f.mac, f.dst))],
+            "sysctls": dict(sorted(self.sysctls.items())),
+        }
+
+
+@dataclass(frozen=True)
+class Process:
+    """A process podnet runs for a cluster; ``digest`` names the configuration it must serve."""
+
+    name: str
+    argv: tuple[str, ...]
+    digest: str
+
+
+@dataclass
+class State:
+    namespaces: dict[str, NetnsState] = field(default_factory=dict)
+    processes: dict[str, Process] = field(default_factory=dict)
+
+    def ns(self, name: str) -> NetnsState:
+        if name not in self.namespaces:
+            self.namespaces[name] = NetnsState(name)
+        return self.namespaces[name]
+
+    def to_json(self) -> dict:
+        return {
+            "namespaces": [n.to_json() for _, n in sorted(self.namespaces.items())],
+            "processes": [asdict(p) for _, p in sorted(self.processes.items())],
+        }
