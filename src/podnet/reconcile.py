@@ -66,10 +66,15 @@ class Change:
         return out + (f" ({self.reason})" if self.reason else "")
 
 
+# The kernel's defaults in a new namespace, for the sysctls podnet plans.
+FRESH_SYSCTLS = {"net.ipv4.ip_forward": "0"}
+
+
 def fresh_namespace(name: str) -> NetnsState:
     """What a namespace holds right after creation: a loopback that is down."""
     ns = NetnsState(name)
     ns.links["lo"] = Link("lo", "loopback", up=False)
+    ns.sysctls.update(FRESH_SYSCTLS)
     return ns
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import errno
 import itertools
+import os
+import signal
 import socket
 from collections.abc import Callable, Iterable
 
@@ -59,6 +61,7 @@ def apply(
     progress: Progress | None = None,
 ) -> None:
     created: set[str] = set()
+    crash_after = _crash_point()
     # One group: consecutive batched changes of one namespace.
     def group_key(c: Change) -> tuple:
         return (c.netns, "batch") if c.op in BATCHED else (c.netns, c.op, id(c))
@@ -78,6 +81,16 @@ def apply(
             raise KernelError(f"{group[0].describe()}: {exc}") from exc
         if progress is not None:
             progress(len(group))
+        if crash_after is not None:
+            crash_after -= 1
+            if crash_after <= 0:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _crash_point() -> int | None:
+    """Tests prove crash recovery by having ``up`` SIGKILL itself after N groups of changes."""
+    value = os.environ.get("PODNET_TEST_CRASH_AFTER")
+    return int(value) if value else None
 
 
 def _group_phase(phase: int) -> int:

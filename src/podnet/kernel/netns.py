@@ -35,7 +35,7 @@ def _origin() -> int:
     """A handle on the namespace this process started in, to return to after every visit."""
     global _origin_fd
     if _origin_fd is None:
-        _origin_fd = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        _origin_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     return _origin_fd
 
 
@@ -77,6 +77,7 @@ def create(name: str) -> None:
         if exists(name):
             return
         os.unlink(p)  # a crash between creating the file and mounting on it
+    origin = _origin()  # taken before unshare: it is where this thread must return
     fd = os.open(p, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0)
     os.close(fd)
     try:
@@ -84,7 +85,7 @@ def create(name: str) -> None:
         try:
             _check(_libc.mount(b"/proc/thread-self/ns/net", p.encode(), b"none", MS_BIND, None), f"pin {p}")
         finally:
-            _check(_libc.setns(_origin(), CLONE_NEWNET), "setns(origin)")
+            _check(_libc.setns(origin, CLONE_NEWNET), "setns(origin)")
     except OSError:
         os.unlink(p)
         raise
@@ -114,13 +115,14 @@ def list_prefixed(prefix: str) -> list[str]:
 @contextmanager
 def entered(name: str) -> Iterator[int]:
     """Run the body with this thread inside namespace ``name``; yields an fd of it."""
+    origin = _origin()
     fd = os.open(path(name), os.O_RDONLY | os.O_CLOEXEC)
     try:
         _check(_libc.setns(fd, CLONE_NEWNET), f"setns({name})")
         try:
             yield fd
         finally:
-            _check(_libc.setns(_origin(), CLONE_NEWNET), "setns(origin)")
+            _check(_libc.setns(origin, CLONE_NEWNET), "setns(origin)")
     finally:
         os.close(fd)
 

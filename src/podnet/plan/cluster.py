@@ -128,6 +128,7 @@ def build_state(topo: Topology, mtu: int) -> State:
     """The kernel objects of a host-gw cluster on one L2 underlay segment."""
     state = State()
     sw = state.ns(topo.switch_netns)
+    sw.sysctls["net.ipv4.ip_forward"] = "0"  # a switch bridges; it never routes
     sw.add_link(Link("lo", "loopback"))
     sw.add_link(Link(SWITCH_BRIDGE, "bridge", mtu=mtu))
 
@@ -162,6 +163,7 @@ def build_state(topo: Topology, mtu: int) -> State:
         host = state.ns(node.netns)
         host.add_link(Link(pod.host_veth, "veth", mtu=mtu, master=BRIDGE, peer_netns=pod.netns, peer_name=POD_IF))
         ns = state.ns(pod.netns)
+        ns.sysctls["net.ipv4.ip_forward"] = "0"
         ns.add_link(Link("lo", "loopback"))
         ns.add_link(
             Link(POD_IF, "veth", mac=pod.mac, mtu=mtu, peer_netns=node.netns, peer_name=pod.host_veth)

@@ -1,0 +1,51 @@
+"""A snapshot of the host's root network namespace, to prove podnet never changes it."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+SYSCTLS = [
+    "net/ipv4/ip_forward",
+    "net/ipv4/conf/all/forwarding",
+    "net/ipv4/conf/all/rp_filter",
+    "net/ipv4/conf/default/rp_filter",
+    "net/ipv4/conf/all/proxy_arp",
+    "net/ipv6/conf/all/forwarding",
+    "net/ipv4/fib_multipath_hash_policy",
+    "net/core/devconf_inherit_init_net",
+]
+
+
+def _run(*cmd: str) -> str:
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    return proc.stdout if proc.returncode == 0 else f"<{' '.join(cmd)} failed: {proc.stderr.strip()}>"
+
+
+def _without_counters(text: str) -> str:
+    return re.sub(r"\[\d+:\d+\]", "[0:0]", "\n".join(l for l in text.splitlines() if not l.startswith("#")))
+
+
+def snapshot() -> dict[str, str]:
+    sysctls = {}
+    for key in SYSCTLS:
+        try:
+            with open(f"/proc/sys/{key}") as f:
+                sysctls[key] = f.read().strip()
+        except OSError:
+            sysctls[key] = "<absent>"
+    return {
+        "links": _run("ip", "-d", "-o", "link", "show"),
+        "addresses": _run("ip", "-o", "addr", "show"),
+        "routes": _run("ip", "route", "show", "table", "all"),
+        "rules": _run("ip", "rule", "show"),
+        "neighbours": _run("ip", "neigh", "show", "nud", "permanent"),
+        "nft": _run("nft", "list", "ruleset"),
+        "iptables": _without_counters(_run("iptables-save")),
+        "sysctls": repr(sysctls),
+        "netns": "\n".join(sorted(_run("ip", "netns", "list").split("\n"))),
+    }
+
+
+def differences(before: dict[str, str], after: dict[str, str]) -> dict[str, tuple[str, str]]:
+    return {k: (before[k], after.get(k, "")) for k in before if before[k] != after.get(k)}
