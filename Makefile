@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PODNET := $(VENV)/bin/podnet
-APT_PACKAGES := iproute2 nftables iptables conntrack tcpdump iperf3 dnsutils curl netcat-openbsd \
+APT_PACKAGES := iproute2 nftables iptables conntrack tcpdump iperf3 dnsutils curl netcat-openbsd iputils-ping \
 	containernetworking-plugins procps
 export PODNET_STATE_DIR ?= /var/lib/podnet
 

@@ -78,7 +78,9 @@ spec:{node}
     return "---\n".join(docs)
 
 
-def run_cli(*args: str, check: bool = False, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, check: bool = False, env: dict | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
     proc = subprocess.run(
         [sys.executable, "-m", "podnet", *args],
         capture_output=True,
@@ -160,7 +162,7 @@ def make_cluster(tmp_path: Path) -> Iterator:
     _require_root()
     made: list[Cluster] = []
 
-    def factory(text_for_name) -> Cluster:  # noqa: ANN001 - callable(name) -> YAML text
+    def factory(text_for_name) -> Cluster:
         name = unique_name()
         c = Cluster(name, tmp_path / f"{name}.yaml")
         c.write(text_for_name(name))

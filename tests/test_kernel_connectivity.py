@@ -89,7 +89,8 @@ def test_observed_state_equals_plan(shared: Cluster) -> None:
         assert have.addresses == want.addresses, name
         assert have.routes == want.routes, name
         assert have.neighbours == want.neighbours, name
-        assert have.sysctls == want.sysctls, name
+        assert {k: have.sysctls.get(k) for k in want.sysctls} == want.sysctls, name
+        assert have.nft == want.nft, name
     assert set(observed.processes) == set(p.state.processes)
     assert observed.processes["netexec"].digest == p.state.processes["netexec"].digest
 
@@ -112,4 +113,4 @@ def test_exec_forwards_exit_code_and_output(shared: Cluster) -> None:
 def test_exec_unknown_target_is_a_usage_error(shared: Cluster) -> None:
     proc = run_cli("exec", "-c", shared.name, "shop/nope", "--", "true")
     assert proc.returncode == 2
-    assert "no pod or node" in proc.stderr and "Traceback" not in proc.stderr
+    assert "no pod, node, router or host" in proc.stderr and "Traceback" not in proc.stderr

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
-import os
 
 import pytest
 
@@ -57,7 +57,9 @@ def test_incremental_change_touches_only_the_difference(make_cluster) -> None:
     assert added["summary"]["add_netns"] == 1
     assert added["summary"]["add_veth"] == 1
     assert added["summary"]["reload_process"] == 1
-    assert all(p.startswith("podnet_") and "web-3" in d for d in added["details"] for p in [d.split()[1]] if "netns" in d)
+    assert all(
+        p.startswith("podnet_") and "web-3" in d for d in added["details"] for p in [d.split()[1]] if "netns" in d
+    )
     after = {p["name"]: p["ip"] for p in c.status()["pods"]}
     assert {k: after[k] for k in ip_before} == ip_before  # existing pods keep their addresses
     assert c.curl("client", f"http://{after['web-3']}/hostname") == "web-3"
@@ -143,8 +145,13 @@ def test_concurrent_ups_do_not_corrupt(make_cluster) -> None:
     c = make_cluster(lambda n: cluster_yaml(n, pods=BASE))
     env = {**os.environ}
     procs = [
-        subprocess.Popen([sys.executable, "-m", "podnet", "up", str(c.file), "-o", "json"], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, env=env)
+        subprocess.Popen(
+            [sys.executable, "-m", "podnet", "up", str(c.file), "-o", "json"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         for _ in range(2)
     ]
     results = [p.communicate(timeout=120) for p in procs]

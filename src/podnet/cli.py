@@ -28,7 +28,7 @@ def _waiting(cluster_hint: str) -> Callable[[], None]:
     return lambda: err.print(f"[yellow]waiting for another podnet command on {cluster_hint} to finish...[/]")
 
 
-def _progress_factory(enabled: bool):  # noqa: ANN202
+def _progress_factory(enabled: bool):
     if not enabled:
         return None
     state: dict = {}
@@ -64,7 +64,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         return 0
     verb = "would make" if result.dry_run else "made"
     summary = ", ".join(f"{op} {n}" for op, n in data["summary"].items())
-    out.print(f"cluster [bold]{result.cluster}[/]: {verb} {data['changes']} changes" + (f" ({summary})" if summary else ""))
+    out.print(
+        f"cluster [bold]{result.cluster}[/]: {verb} {data['changes']} changes" + (f" ({summary})" if summary else "")
+    )
     if args.verbose or result.dry_run:
         for line in data["details"]:
             out.print(f"  {line}")
@@ -90,15 +92,30 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.output == "json":
         _json(data)
         return 0
-    out.print(f"cluster [bold]{name}[/] (backend {data['backend']})")
-    nodes = Table("NODE", "NETNS", "UNDERLAY IP", "POD CIDR", "READY", box=None, header_style="bold")
+    out.print(f"cluster [bold]{name}[/] (backend {data['backend']}, pod MTU {data['mtu']})")
+    nodes = Table("NODE", "NETNS", "SUBNET", "UNDERLAY IP", "POD CIDR", "READY", box=None, header_style="bold")
     for n in data["nodes"]:
-        nodes.add_row(n["name"], n["netns"], n["underlay_ip"], n["pod_cidr"], _yes(n["ready"]))
+        nodes.add_row(n["name"], n["netns"], n["subnet"], n["underlay_ip"], n["pod_cidr"], _yes(n["ready"]))
     out.print(nodes)
     out.print()
+    if data["routers"]:
+        routers = Table("ROUTER", "NETNS", "INTERFACES", "READY", box=None, header_style="bold")
+        for r in data["routers"]:
+            ifaces = "  ".join(f"{i['ifname']} {i['ip']} ({i['subnet']})" for i in r["interfaces"])
+            routers.add_row(r["name"] + (" (edge)" if r["edge"] else ""), r["netns"], ifaces, _yes(r["ready"]))
+        out.print(routers)
+        out.print()
+    if data["external_hosts"]:
+        hosts = Table("EXTERNAL HOST", "NETNS", "IP", "PORTS", "READY", box=None, header_style="bold")
+        for h in data["external_hosts"]:
+            hosts.add_row(h["name"], h["netns"], h["ip"], ",".join(h["ports"]) or "-", _yes(h["ready"]))
+        out.print(hosts)
+        out.print()
     pods = Table("NAMESPACE", "POD", "NODE", "IP", "MAC", "PORTS", "READY", box=None, header_style="bold")
     for p in data["pods"]:
-        pods.add_row(p["namespace"], p["name"], p["node"], p["ip"], p["mac"], ",".join(p["ports"]) or "-", _yes(p["ready"]))
+        pods.add_row(
+            p["namespace"], p["name"], p["node"], p["ip"], p["mac"], ",".join(p["ports"]) or "-", _yes(p["ready"])
+        )
     out.print(pods)
     return 0
 
@@ -154,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("exec", help="run a command in a pod's or node's network namespace")
     p.add_argument("-c", "--cluster")
-    p.add_argument("target", help="NS/POD, POD (namespace default) or NODE")
+    p.add_argument("target", help="NS/POD, POD (namespace default), NODE, ROUTER or external HOST")
     p.add_argument("command", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_exec)
 

@@ -50,7 +50,8 @@ def _sysctl_keys(state: State) -> set[str]:
 def observe_cluster(cluster: str, desired: State, sessions: Sessions | None = None) -> tuple[State, list[str]]:
     """The kernel's view of a cluster's namespaces, and the cluster's namespaces not desired."""
     present = netns.list_prefixed(names.cluster_prefix(cluster))
-    observed = observe(present, _sysctl_keys(desired), sessions)
+    nft_in = {name for name, ns in desired.namespaces.items() if ns.nft is not None}
+    observed = observe(present, _sysctl_keys(desired), sessions, nft_in=nft_in)
     observed.processes = process.observe(cluster_dir(cluster), cluster)
     extra = [n for n in present if n not in desired.namespaces]
     return observed, extra
@@ -65,13 +66,14 @@ def up(
     spec = load_file(file)
     text = Path(file).read_text()
     cluster = spec.cluster.name
+    # Planning may still refuse the spec (a full node block, a hostPort clash): do it before
+    # the lock or the store create anything.
+    p = plan(spec, _previous_allocations(cluster))
     if dry_run:
-        p = plan(spec, _previous_allocations(cluster))
         observed, extra = observe_cluster(cluster, p.state)
         return UpResult(cluster, diff(p.state, observed, extra), True)
     with cluster_lock(cluster, on_wait=on_wait):
-        previous = _previous_allocations(cluster)
-        p = plan(spec, previous)  # may still refuse the spec: nothing is created before this
+        p = plan(spec, _previous_allocations(cluster))  # again: another command may have changed them
         store = Store(cluster)
         try:
             # Allocations first: a crash from here on replans the very same addresses.
@@ -198,31 +200,61 @@ def status(cluster: str) -> dict:
     return {
         "cluster": cluster,
         "backend": topo.backend,
+        "mtu": topo.mtu,
+        "subnets": [
+            {"name": s.name, "cidr": s.cidr, "netns": s.switch_netns, "external": s.external}
+            for s in topo.subnets.values()
+        ],
         "nodes": [
             {
                 "name": n.name,
                 "netns": n.netns,
+                "subnet": n.subnet,
                 "underlay_ip": n.underlay_ip,
                 "pod_cidr": n.pod_cidr,
                 "ready": netns.exists(n.netns),
             }
             for n in topo.nodes.values()
         ],
+        "routers": [
+            {
+                "name": r.name,
+                "netns": r.netns,
+                "edge": r.uplink is not None,
+                "interfaces": [{"ifname": i.ifname, "subnet": i.subnet, "ip": i.ip} for i in r.interfaces],
+                "ready": netns.exists(r.netns),
+            }
+            for r in topo.routers.values()
+        ],
+        "external_hosts": [
+            {
+                "name": h.name,
+                "netns": h.netns,
+                "ip": h.ip,
+                "ports": [f"{port.port}/{port.protocol}" for port in h.ports],
+                "ready": netns.exists(h.netns)
+                and {(port.port, port.protocol) for port in h.ports} <= listening.get(h.netns, set()),
+            }
+            for h in topo.hosts.values()
+        ],
         "pods": pods,
     }
 
 
 def exec_target(cluster: str, target: str) -> str:
-    """The namespace of a pod (NS/POD, or POD in 'default') or of a node."""
+    """The namespace of a pod (NS/POD, or POD in 'default'), a node, a router or an external host."""
     _, p = load_applied(cluster)
     topo = p.topology
     if "/" in target:
         pod = topo.pods.get(target)
     else:
+        infra = topo.netns_of(target)
+        if infra is not None:
+            return infra
         pod = topo.pods.get(f"default/{target}")
-        if target in topo.nodes:
-            return topo.nodes[target].netns
     if pod is None:
-        choices = sorted(list(topo.nodes) + list(topo.pods))
-        raise UsageError(f"no pod or node {target!r} in cluster {cluster!r} (expected one of: {', '.join(choices)})")
+        choices = sorted([*topo.nodes, *topo.routers, *topo.hosts, *topo.pods])
+        raise UsageError(
+            f"no pod, node, router or host {target!r} in cluster {cluster!r} (expected one of: {', '.join(choices)})"
+        )
     return pod.netns

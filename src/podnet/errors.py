@@ -42,5 +42,3 @@ class PlanError(PodnetError):
 
 class KernelError(PodnetError):
     """The kernel refused a change; carries the namespace and the object concerned."""
-
-

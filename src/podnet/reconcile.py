@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from podnet.state import Address, Fdb, Link, NetnsState, Neighbour, Process, Route, State
+from podnet.state import Address, Fdb, Link, Neighbour, NetnsState, NftTable, Process, Route, State
 
 # (phase, op): the phase orders the whole change list.
 PHASES = {
@@ -31,8 +31,10 @@ PHASES = {
     "add_route": 9,
     "add_neigh": 10,
     "add_fdb": 10,
-    "start_process": 11,
-    "reload_process": 11,
+    "set_nft": 11,
+    "del_nft": 11,
+    "start_process": 12,
+    "reload_process": 12,
 }
 
 
@@ -56,6 +58,7 @@ class Change:
             Neighbour: lambda o: f"neighbour {o.ip} {o.mac} on {o.ifname}",
             Fdb: lambda o: f"fdb {o.mac} -> {o.dst} on {o.ifname}",
             Process: lambda o: f"process {o.name}",
+            NftTable: lambda o: f"nftables table {o.family} {o.name} ({o.rules} rules)",
             tuple: lambda o: f"{o[0]}={o[1]}",
         }
         obj = self.obj
@@ -67,7 +70,7 @@ class Change:
 
 
 # The kernel's defaults in a new namespace, for the sysctls podnet plans.
-FRESH_SYSCTLS = {"net.ipv4.ip_forward": "0"}
+FRESH_SYSCTLS = {"net.ipv4.ip_forward": "0", "net.ipv4.fib_multipath_hash_policy": "0"}
 
 
 def fresh_namespace(name: str) -> NetnsState:
@@ -85,9 +88,9 @@ def diff(desired: State, observed: State, owned_extra: list[str] | None = None) 
     name prefix); they are deleted whole.
     """
     changes: list[Change] = []
-    for name in owned_extra or []:
-        if name not in desired.namespaces:
-            changes.append(Change("del_netns", name))
+    doomed = {name for name in owned_extra or [] if name not in desired.namespaces}
+    for name in sorted(doomed):
+        changes.append(Change("del_netns", name))
 
     # Which ends of veth pairs need (re)creating; one add_veth per pair.
     recreate: set[tuple[str, str]] = set()
@@ -96,14 +99,16 @@ def diff(desired: State, observed: State, owned_extra: list[str] | None = None) 
         if have is None:
             changes.append(Change("add_netns", ns_name))
             have = fresh_namespace(ns_name)
-        changes.extend(_diff_namespace(want, have, desired, recreate))
+        changes.extend(_diff_namespace(want, have, desired, recreate, doomed))
 
     changes.extend(_diff_processes(desired, observed))
     changes.sort(key=lambda c: (c.phase, c.netns))
     return changes
 
 
-def _diff_namespace(want: NetnsState, have: NetnsState, desired: State, recreate: set[tuple[str, str]]) -> list[Change]:
+def _diff_namespace(
+    want: NetnsState, have: NetnsState, desired: State, recreate: set[tuple[str, str]], doomed: set[str]
+) -> list[Change]:
     out: list[Change] = []
     gone_links: set[str] = set()  # links deleted or created now: their addresses/routes are new too
 
@@ -141,7 +146,16 @@ def _diff_namespace(want: NetnsState, have: NetnsState, desired: State, recreate
 
     for name, cur in have.links.items():
         if name not in want.links and cur.kind != "loopback":
+            gone_links.add(name)
+            if cur.kind == "veth" and cur.peer_netns in doomed:
+                continue  # deleting the other end's namespace takes this end with it
             out.append(Change("del_link", want.name, cur, reason="not planned"))
+
+    # A recreated bridge has lost its ports: enslave them again.
+    touched = {c.obj.name for c in out if c.op == "set_link"}
+    for name, link in want.links.items():
+        if link.master in gone_links and name not in gone_links and name not in touched:
+            out.append(Change("set_link", want.name, link, reason=f"{link.master} was recreated"))
 
     for addr in want.addresses - have.addresses:
         out.append(Change("add_addr", want.name, addr))
@@ -172,6 +186,12 @@ def _diff_namespace(want: NetnsState, have: NetnsState, desired: State, recreate
     for key, value in want.sysctls.items():
         if have.sysctls.get(key) != value:
             out.append(Change("set_sysctl", want.name, (key, value)))
+
+    if want.nft != have.nft:
+        if want.nft is not None:
+            out.append(Change("set_nft", want.name, want.nft))
+        else:
+            out.append(Change("del_nft", want.name, have.nft))
     return out
 
 

@@ -65,6 +65,7 @@ class NextHop:
     gateway: str | None = None
     dev: str | None = None
     weight: int = 1
+    onlink: bool = False  # the gateway is reachable on dev even without a covering subnet (VXLAN)
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,22 @@ class Fdb:
     dst: str  # remote underlay IP for a VXLAN entry
 
 
+@dataclass(frozen=True)
+class NftTable:
+    """podnet's own nftables table in one namespace.
+
+    ``text`` is the table as nft source (planned only); ``digest`` names that source and is
+    stored as the table's comment, so observation recognises what it finds without parsing
+    nft's output back; ``rules`` counts the rules, so a rule deleted by hand is drift.
+    """
+
+    family: str
+    name: str
+    digest: str
+    rules: int
+    text: str | None = field(default=None, compare=False)
+
+
 @dataclass
 class NetnsState:
     name: str
@@ -103,6 +120,7 @@ class NetnsState:
     neighbours: set[Neighbour] = field(default_factory=set)
     fdb: set[Fdb] = field(default_factory=set)
     sysctls: dict[str, str] = field(default_factory=dict)
+    nft: NftTable | None = None
 
     def add_link(self, link: Link) -> None:
         self.links[link.name] = link
@@ -119,6 +137,7 @@ class NetnsState:
             "neighbours": [asdict(n) for n in sorted(self.neighbours, key=lambda n: (n.ifname, n.ip))],
             "fdb": [asdict(f) for f in sorted(self.fdb, key=lambda f: (f.ifname, f.mac, f.dst))],
             "sysctls": dict(sorted(self.sysctls.items())),
+            "nft": asdict(self.nft) if self.nft else None,
         }
 
 

@@ -58,7 +58,9 @@ class Store:
             self.dir.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.dir / "state.db", isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("CREATE TABLE IF NOT EXISTS alloc (kind TEXT, owner TEXT, value TEXT, PRIMARY KEY (kind, owner))")
+        self.db.execute(
+            "CREATE TABLE IF NOT EXISTS alloc (kind TEXT, owner TEXT, value TEXT, PRIMARY KEY (kind, owner))"
+        )
         self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
 
     def allocations(self) -> Allocations:

@@ -20,7 +20,6 @@ from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUE
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import (
     RTM_DELADDR,
-    RTM_DELLINK,
     RTM_DELNEIGH,
     RTM_DELROUTE,
     RTM_NEWADDR,
@@ -34,7 +33,7 @@ from pyroute2.netlink.rtnl.ndmsg import ndmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from podnet.errors import KernelError
-from podnet.kernel import netns
+from podnet.kernel import netns, nft
 from podnet.kernel.netlink import Sessions
 from podnet.kernel.observe import PROTO_NUMBER
 from podnet.reconcile import Change
@@ -45,6 +44,7 @@ UPSERT = REQ | NLM_F_CREATE | NLM_F_REPLACE
 IFF_UP = 0x1
 NUD_PERMANENT = 0x80
 NTF_SELF = 0x02
+RTNH_F_ONLINK = 0x04
 AF_BRIDGE = 7
 # Deleting something already gone is success: the goal state is reached.
 GONE = {errno.ENOENT, errno.ESRCH, errno.ENODEV, errno.EADDRNOTAVAIL, errno.EINVAL}
@@ -62,6 +62,7 @@ def apply(
 ) -> None:
     created: set[str] = set()
     crash_after = _crash_point()
+
     # One group: consecutive batched changes of one namespace.
     def group_key(c: Change) -> tuple:
         return (c.netns, "batch") if c.op in BATCHED else (c.netns, c.op, id(c))
@@ -109,6 +110,10 @@ def _apply_one(change: Change, sessions: Sessions, created: set[str], on_process
         netns.delete(change.netns)
     elif op in ("start_process", "reload_process", "stop_process"):
         on_process(change)
+    elif op == "set_nft":
+        nft.load(change.netns, change.obj)
+    elif op == "del_nft":
+        nft.delete(change.netns, change.obj)
     elif op == "set_sysctl":
         key, value = change.obj
         with netns.entered(change.netns):
@@ -123,16 +128,14 @@ def _apply_one(change: Change, sessions: Sessions, created: set[str], on_process
         s.index.pop(change.obj.name, None)
         if change.obj.kind == "veth" and change.obj.peer_netns not in ("?", None):
             # The other end went with it.
-            other = sessions._open.get(change.obj.peer_netns)  # noqa: SLF001
+            other = sessions._open.get(change.obj.peer_netns)
             if other is not None:
                 other.index.pop(change.obj.peer_name or "", None)
     elif op == "del_addr":
         s = sessions.get(change.netns)
         a: Address = change.obj
         ip, prefix = a.cidr.split("/")
-        _ignore_gone(
-            lambda: _send(s, [_addr_msg(RTM_DELADDR, REQ, s.ifindex(a.ifname), ip, int(prefix))])
-        )
+        _ignore_gone(lambda: _send(s, [_addr_msg(RTM_DELADDR, REQ, s.ifindex(a.ifname), ip, int(prefix))]))
     elif op == "del_route":
         s = sessions.get(change.netns)
         _ignore_gone(lambda: _send(s, [_route_msg(RTM_DELROUTE, REQ, change.obj, s)]))
@@ -162,7 +165,7 @@ def _add_link(ns_name: str, link: Link, sessions: Sessions) -> None:
     if link.mtu:
         kwargs["mtu"] = link.mtu
     if link.kind == "vxlan":
-        kwargs.update(vxlan_id=link.vni, vxlan_port=link.dstport, vxlan_learning=bool(link.learning))
+        kwargs.update(vxlan_id=link.vni, vxlan_port=link.dstport, vxlan_learning=int(bool(link.learning)))
         if link.local:
             kwargs["vxlan_local"] = link.local
     if link.kind == "bridge":
@@ -213,11 +216,11 @@ def _apply_batch(ns_name: str, changes: list[Change], sessions: Sessions, fresh:
         raise
 
 
-def _send(s, msgs: Iterable) -> None:  # noqa: ANN001 - a netlink Session
+def _send(s, msgs: Iterable) -> None:
     s.ipr.nlm_request_batch(list(msgs))
 
 
-def _message(change: Change, s):  # noqa: ANN001, ANN202
+def _message(change: Change, s):
     obj = change.obj
     if change.op == "set_link":
         return _setlink_msg(obj, s)
@@ -231,13 +234,13 @@ def _message(change: Change, s):  # noqa: ANN001, ANN202
     raise KernelError(f"cannot batch {change.op}")
 
 
-def _header(msg, msg_type: int, flags: int):  # noqa: ANN001, ANN202
+def _header(msg, msg_type: int, flags: int):
     msg["header"]["type"] = msg_type
     msg["header"]["flags"] = flags
     return msg
 
 
-def _setlink_msg(link: Link, s):  # noqa: ANN001, ANN202
+def _setlink_msg(link: Link, s):
     msg = ifinfmsg()
     attrs: list = []
     if link.name in s.index:
@@ -257,7 +260,7 @@ def _setlink_msg(link: Link, s):  # noqa: ANN001, ANN202
     return _header(msg, RTM_SETLINK, REQ)
 
 
-def _addr_msg(msg_type: int, flags: int, index: int, ip: str, prefix: int):  # noqa: ANN202
+def _addr_msg(msg_type: int, flags: int, index: int, ip: str, prefix: int):
     msg = ifaddrmsg()
     msg["family"] = socket.AF_INET
     msg["prefixlen"] = prefix
@@ -266,7 +269,7 @@ def _addr_msg(msg_type: int, flags: int, index: int, ip: str, prefix: int):  # n
     return _header(msg, msg_type, flags)
 
 
-def _route_msg(msg_type: int, flags: int, route: Route, s):  # noqa: ANN001, ANN202
+def _route_msg(msg_type: int, flags: int, route: Route, s):
     msg = rtmsg()
     dst, dst_len = route.dst.split("/")
     msg["family"] = socket.AF_INET
@@ -282,6 +285,8 @@ def _route_msg(msg_type: int, flags: int, route: Route, s):  # noqa: ANN001, ANN
         attrs.append(("RTA_PRIORITY", route.metric))
     if len(route.nexthops) == 1:
         nh = route.nexthops[0]
+        if nh.onlink:
+            msg["flags"] = RTNH_F_ONLINK
         if nh.gateway:
             attrs.append(("RTA_GATEWAY", nh.gateway))
         if nh.dev:
@@ -289,7 +294,12 @@ def _route_msg(msg_type: int, flags: int, route: Route, s):  # noqa: ANN001, ANN
     else:
         hops = []
         for nh in route.nexthops:
-            hop: dict = {"hops": nh.weight - 1, "oif": s.ifindex(nh.dev) if nh.dev else 0, "attrs": []}
+            hop: dict = {
+                "hops": nh.weight - 1,
+                "oif": s.ifindex(nh.dev) if nh.dev else 0,
+                "flags": RTNH_F_ONLINK if nh.onlink else 0,
+                "attrs": [],
+            }
             if nh.gateway:
                 hop["attrs"].append(("RTA_GATEWAY", nh.gateway))
             hops.append(hop)
@@ -298,7 +308,7 @@ def _route_msg(msg_type: int, flags: int, route: Route, s):  # noqa: ANN001, ANN
     return _header(msg, msg_type, flags)
 
 
-def _neigh_msg(msg_type: int, flags: int, obj: Neighbour | Fdb, s):  # noqa: ANN001, ANN202
+def _neigh_msg(msg_type: int, flags: int, obj: Neighbour | Fdb, s):
     msg = ndmsg()
     msg["ifindex"] = s.ifindex(obj.ifname)
     msg["state"] = NUD_PERMANENT

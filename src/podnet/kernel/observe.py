@@ -10,7 +10,7 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 
-from podnet.kernel import netns
+from podnet.kernel import netns, nft
 from podnet.kernel.netlink import Session, Sessions
 from podnet.state import Address, Fdb, Link, NetnsState, NextHop, Route, State
 
@@ -19,6 +19,7 @@ NUD_PERMANENT = 0x80
 RTPROT = {2: "kernel", 3: "boot", 4: "static", 12: "bird", 186: "bgp"}
 PROTO_NUMBER = {v: k for k, v in RTPROT.items()}
 LOCAL_TABLE = 255
+RTNH_F_ONLINK = 0x04
 
 
 @dataclass
@@ -28,8 +29,13 @@ class _VethEnd:
     nsid: int | None
 
 
-def observe(names: list[str], sysctl_keys: set[str], sessions: Sessions | None = None) -> State:
-    """The State of the given namespaces; those that do not exist are left out."""
+def observe(
+    names: list[str], sysctl_keys: set[str], sessions: Sessions | None = None, nft_in: set[str] | None = None
+) -> State:
+    """The State of the given namespaces; those that do not exist are left out.
+
+    ``nft_in``: the namespaces whose podnet nftables table to read (it costs a process each).
+    """
     own = sessions is None
     sessions = sessions or Sessions()
     state = State()
@@ -40,6 +46,8 @@ def observe(names: list[str], sysctl_keys: set[str], sessions: Sessions | None =
                 continue
             s = sessions.get(name)
             ns, ends = _observe_one(s, sysctl_keys)
+            if nft_in and name in nft_in:
+                ns.nft = nft.observe(name)
             state.namespaces[name] = ns
             veths[name] = ends
         _resolve_peers(state, veths, sessions)
@@ -49,7 +57,7 @@ def observe(names: list[str], sysctl_keys: set[str], sessions: Sessions | None =
     return state
 
 
-def _attr(msg, name):  # noqa: ANN001, ANN202 - pyroute2 messages are untyped
+def _attr(msg, name):
     return msg.get_attr(name)
 
 
@@ -106,10 +114,22 @@ def _observe_one(s: Session, sysctl_keys: set[str]) -> tuple[NetnsState, dict[st
         if multipath:
             for nh in multipath:
                 nexthops.append(
-                    NextHop(nh.get_attr("RTA_GATEWAY"), by_index.get(nh["oif"]), nh["hops"] + 1)
+                    NextHop(
+                        nh.get_attr("RTA_GATEWAY"),
+                        by_index.get(nh["oif"]),
+                        nh["hops"] + 1,
+                        bool(nh["flags"] & RTNH_F_ONLINK),
+                    )
                 )
         else:
-            nexthops.append(NextHop(_attr(m, "RTA_GATEWAY"), by_index.get(_attr(m, "RTA_OIF")), 1))
+            nexthops.append(
+                NextHop(
+                    _attr(m, "RTA_GATEWAY"),
+                    by_index.get(_attr(m, "RTA_OIF")),
+                    1,
+                    bool(m["flags"] & RTNH_F_ONLINK),
+                )
+            )
         ns.add_route(
             Route(
                 f"{dst}/{m['dst_len']}",
@@ -161,14 +181,13 @@ def _resolve_peers(state: State, veths: dict[str, dict[str, _VethEnd]], sessions
             candidates = [
                 (other_ns, other_if)
                 for other_ns, other_if in by_ifindex.get(end.peer_ifindex, [])
-                if veths[other_ns][other_if].peer_ifindex == end.ifindex and (other_ns, other_if) != (ns_name, ifname)
+                if veths[other_ns][other_if].peer_ifindex == end.ifindex
+                and (other_ns, other_if) != (ns_name, ifname)
                 and (end.nsid is None or end.nsid < 0) == (other_ns == ns_name)
             ]
             if len(candidates) > 1:
                 session = sessions.get(ns_name)
-                candidates = [
-                    c for c in candidates if _nsid_of(session, sessions.get(c[0]).fd) == end.nsid
-                ]
+                candidates = [c for c in candidates if _nsid_of(session, sessions.get(c[0]).fd) == end.nsid]
             if len(candidates) == 1:
                 peer_ns, peer_if = candidates[0]
             else:
@@ -181,5 +200,5 @@ def _resolve_peers(state: State, veths: dict[str, dict[str, _VethEnd]], sessions
 def _nsid_of(session: Session, fd: int) -> int | None:
     try:
         return session.ipr.get_netnsid(fd=fd).get("nsid")
-    except Exception:  # noqa: BLE001 - an unknown id is simply no match
+    except Exception:
         return None

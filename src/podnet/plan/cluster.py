@@ -9,15 +9,14 @@ from dataclasses import dataclass
 
 from podnet import names
 from podnet.errors import SpecError
+from podnet.plan import backends, nat, underlay
 from podnet.plan.ipam import Allocations, Exhausted, allocate, hosts
-from podnet.plan.topology import NodeInfo, PodInfo, Topology
+from podnet.plan.topology import HostInfo, Interface, NodeInfo, PodInfo, RouterInfo, SubnetInfo, Topology
 from podnet.spec.models import Spec
 from podnet.state import Address, Link, NextHop, Process, Route, State
 
 BRIDGE = "cni0"
-UNDERLAY_IF = "eth0"
 POD_IF = "eth0"
-SWITCH_BRIDGE = "br0"
 NETEXEC = "netexec"
 
 
@@ -29,39 +28,144 @@ class Plan:
     netexec_config: dict
 
 
+def _ip_key(ip: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in ip.split("."))
+
+
 def plan(spec: Spec, previous: Allocations | None = None) -> Plan:
     previous = previous or {}
     c = spec.cluster
-    topo = Topology(cluster=c.name, backend=c.backend, switch_netns=names.switch_netns(c.name, "underlay"))
+    mtu = c.underlay_mtu - backends.OVERHEAD[c.backend]
+    topo = Topology(cluster=c.name, backend=c.backend, mtu=mtu)
+    allocations: Allocations = {}
+
+    for sn in c.subnets:
+        topo.subnets[sn.name] = SubnetInfo(sn.name, str(sn.cidr), names.switch_netns(c.name, sn.name))
+    if c.external is not None:
+        topo.subnets[c.external.name] = SubnetInfo(
+            c.external.name, str(c.external.cidr), names.switch_netns(c.name, c.external.name), external=True
+        )
+
+    _plan_underlay(spec, topo, previous, allocations)
+    _plan_pods(spec, topo, previous, allocations)
+
+    state = State()
+    underlay.build(state, topo, c.underlay_mtu)
+    _build_pods(state, topo)
+    backends.BACKENDS[c.backend](state, topo, c.vni, c.vxlan_port)
+    for node in topo.nodes.values():
+        members = [p for p in topo.pods.values() if p.node == node.name]
+        state.ns(node.netns).nft = nat.node_table(node, members, str(c.pod_cidr), str(c.service_cidr))
+
+    netexec_config = _netexec_config(topo)
+    if netexec_config["pods"]:
+        digest = hashlib.sha256(json.dumps(netexec_config, sort_keys=True).encode()).hexdigest()[:16]
+        state.processes[NETEXEC] = Process(NETEXEC, ("podnet", "netexec-daemon", "--cluster", c.name), digest)
+    return Plan(state, topo, allocations, netexec_config)
+
+
+def _plan_underlay(spec: Spec, topo: Topology, previous: Allocations, allocations: Allocations) -> None:
+    """Addresses on every segment: routers from the first host up, nodes from the second."""
+    c = spec.cluster
+    prev_addr = previous.get("underlay_ip", {})
+    addresses: dict[str, str] = {}
+    segments = [(sn.name, sn.cidr) for sn in c.subnets]
+    if c.external is not None:
+        segments.append((c.external.name, c.external.cidr))
+    for subnet, cidr in segments:
+        usable = hosts(cidr)
+        taken = set()
+        if c.external is not None and subnet == c.external.name:
+            taken = {h.address for h in c.external.hosts}
+            addresses.update({f"host:{h.name}": h.address for h in c.external.hosts})
+        routers = [f"router:{r.name}:{subnet}" for r in c.routers if subnet in r.subnets or r.uplink == subnet]
+        free = [ip for ip in usable if ip not in taken]
+        got = allocate(routers, prev_addr, iter(free), valid=set(free))
+        addresses.update(got)
+        taken |= set(got.values())
+        members = [f"node:{n}" for n in c.nodes if c.node_subnet[n] == subnet]
+        node_pool = [ip for ip in usable[1:] if ip not in taken]  # .1 stays a gateway's
+        try:
+            addresses.update(allocate(members, prev_addr, iter(node_pool), valid=set(node_pool)))
+        except Exhausted as exc:
+            raise SpecError(
+                spec.file,
+                None,
+                "spec.underlay",
+                f"subnet {subnet} {cidr} has no address left for {exc.owner.split(':')[1]}",
+            ) from None
+    allocations["underlay_ip"] = addresses
 
     blocks = allocate(
         c.nodes,
         previous.get("node_cidr", {}),
         (str(b) for b in c.pod_cidr.subnets(new_prefix=c.node_mask)),
-        valid={str(b) for b in c.pod_cidr.subnets(new_prefix=c.node_mask)} if c.node_mask - c.pod_cidr.prefixlen <= 16 else None,
+        valid=lambda block: _is_block_of(block, c.pod_cidr, c.node_mask),
     )
-    underlay_hosts = hosts(c.underlay_cidr, skip_first=1)  # .1 stays free for a gateway
-    underlay = allocate(c.nodes, previous.get("underlay_ip", {}), iter(underlay_hosts), valid=set(underlay_hosts))
+    allocations["node_cidr"] = blocks
+
+    for r in c.routers:
+        ifaces = []
+        for i, subnet in enumerate([*r.subnets, *([r.uplink] if r.uplink else [])]):
+            ip = addresses[f"router:{r.name}:{subnet}"]
+            ifaces.append(
+                Interface(
+                    f"eth{i}",
+                    subnet,
+                    ip,
+                    ipaddress.IPv4Network(topo.subnets[subnet].cidr).prefixlen,
+                    names.mac_for_ip(ip),
+                )
+            )
+        uplink = ifaces[-1].ifname if r.uplink else None
+        topo.routers[r.name] = RouterInfo(r.name, names.node_netns(c.name, r.name), tuple(ifaces), uplink)
+
     for node in c.nodes:
         block = ipaddress.IPv4Network(blocks[node])
+        subnet = c.node_subnet[node]
         topo.nodes[node] = NodeInfo(
             name=node,
             netns=names.node_netns(c.name, node),
-            underlay_ip=underlay[node],
-            underlay_prefix=c.underlay_cidr.prefixlen,
+            subnet=subnet,
+            underlay_ip=addresses[f"node:{node}"],
+            underlay_prefix=ipaddress.IPv4Network(topo.subnets[subnet].cidr).prefixlen,
             pod_cidr=str(block),
             gateway=str(next(block.hosts())),
         )
 
+    if c.external is not None:
+        edge = next(r for r in c.routers if r.uplink)
+        gateway = addresses[f"router:{edge.name}:{c.external.name}"]
+        for h in c.external.hosts:
+            topo.hosts[h.name] = HostInfo(
+                h.name,
+                names.node_netns(c.name, h.name),
+                h.address,
+                c.external.cidr.prefixlen,
+                names.mac_for_ip(h.address),
+                gateway,
+                h.ports,
+            )
+
+
+def _is_block_of(block: str, pod_cidr: ipaddress.IPv4Network, mask: int) -> bool:
+    net = ipaddress.IPv4Network(block)
+    return net.prefixlen == mask and net.subnet_of(pod_cidr)
+
+
+def _plan_pods(spec: Spec, topo: Topology, previous: Allocations, allocations: Allocations) -> None:
+    c = spec.cluster
     placement = _place(spec, previous.get("pod_node", {}))
     pod_ips: dict[str, str] = {}
     for node in c.nodes:
         members = [p for p in spec.pods if placement[p.key] == node]
-        block = ipaddress.IPv4Network(blocks[node])
+        block = ipaddress.IPv4Network(topo.nodes[node].pod_cidr)
         block_hosts = hosts(block, skip_first=1)
         try:
             pod_ips.update(
-                allocate([p.key for p in members], previous.get("pod_ip", {}), iter(block_hosts), valid=set(block_hosts))
+                allocate(
+                    [p.key for p in members], previous.get("pod_ip", {}), iter(block_hosts), valid=set(block_hosts)
+                )
             )
         except Exhausted as exc:
             pod = next(p for p in members if p.key == exc.owner)
@@ -70,8 +174,26 @@ def plan(spec: Spec, previous: Allocations | None = None) -> Plan:
                 pod.line,
                 "spec.nodeName" if pod.node else "metadata.name",
                 f"node {node!r} has no address left for pod {pod.key}: its block {block} holds "
-                f"{len(block_hosts)} pods (raise nodeCIDRMaskSize's room or add nodes)",
+                f"{len(block_hosts)} pod address{'es' if len(block_hosts) != 1 else ''} "
+                "(choose a smaller nodeCIDRMaskSize for bigger blocks, or add nodes)",
             ) from None
+        host_ports: dict[tuple[int, str], str] = {}
+        for pod in members:
+            for port in pod.ports:
+                if port.host_port is None:
+                    continue
+                key = (port.host_port, port.protocol)
+                if key in host_ports:
+                    raise SpecError(
+                        spec.file,
+                        pod.line,
+                        "spec.containers.ports.hostPort",
+                        f"hostPort {port.host_port}/{port.protocol} of pod {pod.key} is already taken on node "
+                        f"{node!r} by pod {host_ports[key]}",
+                    )
+                host_ports[key] = pod.key
+    allocations["pod_node"] = placement
+    allocations["pod_ip"] = pod_ips
 
     for pod in spec.pods:
         node = placement[pod.key]
@@ -88,19 +210,6 @@ def plan(spec: Spec, previous: Allocations | None = None) -> Plan:
             labels=pod.labels,
             ports=pod.ports,
         )
-
-    state = build_state(topo, c.underlay_mtu)
-    netexec_config = _netexec_config(topo)
-    if netexec_config["pods"]:
-        digest = hashlib.sha256(json.dumps(netexec_config, sort_keys=True).encode()).hexdigest()[:16]
-        state.processes[NETEXEC] = Process(NETEXEC, ("podnet", "netexec-daemon", "--cluster", c.name), digest)
-    allocations: Allocations = {
-        "node_cidr": blocks,
-        "underlay_ip": underlay,
-        "pod_node": placement,
-        "pod_ip": pod_ips,
-    }
-    return Plan(state, topo, allocations, netexec_config)
 
 
 def _place(spec: Spec, previous: dict[str, str]) -> dict[str, str]:
@@ -124,66 +233,39 @@ def _place(spec: Spec, previous: dict[str, str]) -> dict[str, str]:
     return placement
 
 
-def build_state(topo: Topology, mtu: int) -> State:
-    """The kernel objects of a host-gw cluster on one L2 underlay segment."""
-    state = State()
-    sw = state.ns(topo.switch_netns)
-    sw.sysctls["net.ipv4.ip_forward"] = "0"  # a switch bridges; it never routes
-    sw.add_link(Link("lo", "loopback"))
-    sw.add_link(Link(SWITCH_BRIDGE, "bridge", mtu=mtu))
-
+def _build_pods(state: State, topo: Topology) -> None:
+    """Each node's bridge with its gateway address, and each pod wired to it."""
     for node in topo.nodes.values():
-        port = names.switch_port("underlay", node.name)
-        sw.add_link(
-            Link(port, "veth", mtu=mtu, master=SWITCH_BRIDGE, peer_netns=node.netns, peer_name=UNDERLAY_IF)
-        )
         ns = state.ns(node.netns)
-        ns.sysctls["net.ipv4.ip_forward"] = "1"
-        ns.add_link(Link("lo", "loopback"))
-        ns.add_link(
-            Link(
-                UNDERLAY_IF,
-                "veth",
-                mac=names.mac_for_ip(node.underlay_ip),
-                mtu=mtu,
-                peer_netns=topo.switch_netns,
-                peer_name=port,
-            )
-        )
-        ns.addresses.add(Address(UNDERLAY_IF, f"{node.underlay_ip}/{node.underlay_prefix}"))
         block = ipaddress.IPv4Network(node.pod_cidr)
-        ns.add_link(Link(BRIDGE, "bridge", mac=names.mac_for_ip(node.gateway), mtu=mtu))
+        ns.add_link(Link(BRIDGE, "bridge", mac=names.mac_for_ip(node.gateway), mtu=topo.mtu))
         ns.addresses.add(Address(BRIDGE, f"{node.gateway}/{block.prefixlen}"))
-        for other in topo.nodes.values():
-            if other.name != node.name:
-                ns.add_route(Route(other.pod_cidr, (NextHop(gateway=other.underlay_ip, dev=UNDERLAY_IF),)))
-
     for pod in topo.pods.values():
         node = topo.nodes[pod.node]
-        host = state.ns(node.netns)
-        host.add_link(Link(pod.host_veth, "veth", mtu=mtu, master=BRIDGE, peer_netns=pod.netns, peer_name=POD_IF))
+        state.ns(node.netns).add_link(
+            Link(pod.host_veth, "veth", mtu=topo.mtu, master=BRIDGE, peer_netns=pod.netns, peer_name=POD_IF)
+        )
         ns = state.ns(pod.netns)
         ns.sysctls["net.ipv4.ip_forward"] = "0"
         ns.add_link(Link("lo", "loopback"))
-        ns.add_link(
-            Link(POD_IF, "veth", mac=pod.mac, mtu=mtu, peer_netns=node.netns, peer_name=pod.host_veth)
-        )
+        ns.add_link(Link(POD_IF, "veth", mac=pod.mac, mtu=topo.mtu, peer_netns=node.netns, peer_name=pod.host_veth))
         ns.addresses.add(Address(POD_IF, f"{pod.ip}/{pod.prefix}"))
         ns.add_route(Route("0.0.0.0/0", (NextHop(gateway=node.gateway, dev=POD_IF),)))
-    return state
 
 
 def _netexec_config(topo: Topology) -> dict:
+    servers = [
+        {"pod": pod.key, "name": pod.name, "netns": pod.netns, "ports": pod.ports}
+        for pod in sorted(topo.pods.values(), key=lambda p: p.key)
+    ] + [
+        {"pod": host.name, "name": host.name, "netns": host.netns, "ports": host.ports}
+        for host in sorted(topo.hosts.values(), key=lambda h: h.name)
+    ]
     return {
         "cluster": topo.cluster,
         "pods": [
-            {
-                "pod": pod.key,
-                "name": pod.name,
-                "netns": pod.netns,
-                "ports": [{"port": p.port, "protocol": p.protocol} for p in pod.ports],
-            }
-            for pod in sorted(topo.pods.values(), key=lambda p: p.key)
-            if pod.ports
+            {**s, "ports": [{"port": p.port, "protocol": p.protocol} for p in s["ports"]]}
+            for s in servers
+            if s["ports"]
         ],
     }

@@ -7,7 +7,7 @@ the planner stays pure: it gets the previous allocations and returns the new one
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 Allocations = dict[str, dict[str, str]]
 
@@ -16,15 +16,24 @@ def allocate(
     owners: Iterable[str],
     previous: dict[str, str],
     candidates: Iterator[str],
-    valid: set[str] | None = None,
+    valid: set[str] | Callable[[str], bool] | None = None,
 ) -> dict[str, str]:
-    """Give each owner a value: its previous one if still valid and unique, else the next free."""
+    """Give each owner a value: its previous one if still valid and unique, else the next free.
+
+    ``valid`` is a set of acceptable values or a predicate (for ranges too big to list).
+    """
+
+    def ok(value: str) -> bool:
+        if valid is None:
+            return True
+        return valid(value) if callable(valid) else value in valid
+
     owners = list(owners)
     result: dict[str, str] = {}
     taken: set[str] = set()
     for owner in owners:
         prev = previous.get(owner)
-        if prev is not None and prev not in taken and (valid is None or prev in valid):
+        if prev is not None and prev not in taken and ok(prev):
             result[owner] = prev
             taken.add(prev)
     for owner in owners:

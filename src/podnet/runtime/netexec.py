@@ -143,9 +143,7 @@ class Daemon:
                 errors.append(f"{ns} {port}/{protocol}: {exc}")
                 continue
             if protocol == "TCP":
-                server = await asyncio.start_server(
-                    lambda r, w, name=pod_name: _serve_http(name, r, w), sock=sock
-                )
+                server = await asyncio.start_server(lambda r, w, name=pod_name: _serve_http(name, r, w), sock=sock)
                 self.listening[key] = (inode, server)
             else:
                 transport, _ = await loop.create_datagram_endpoint(lambda name=pod_name: _Udp(name), sock=sock)

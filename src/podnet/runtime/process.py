@@ -34,7 +34,11 @@ def _cmdline(pid: int) -> list[str]:
 
 def _is_ours(pid: int, cluster: str) -> bool:
     argv = _cmdline(pid)
-    return DAEMON_ARG in argv and "--cluster" in argv and argv[argv.index("--cluster") + 1 : argv.index("--cluster") + 2] == [cluster]
+    return (
+        DAEMON_ARG in argv
+        and "--cluster" in argv
+        and argv[argv.index("--cluster") + 1 : argv.index("--cluster") + 2] == [cluster]
+    )
 
 
 def find(cluster: str) -> list[int]:
@@ -115,13 +119,18 @@ def reload(state_dir: Path, cluster: str, digest: str) -> None:
     _wait_ready(state_dir, pid, digest, lambda: not _is_ours(pid, cluster), stale_ok=False)
 
 
-def _wait_ready(state_dir: Path, pid: int, digest: str, died, stale_ok: bool = True) -> None:  # noqa: ANN001
+def _wait_ready(state_dir: Path, pid: int, digest: str, died, stale_ok: bool = True) -> None:
     """Wait until the daemon publishes readiness for exactly this configuration."""
     deadline = time.monotonic() + START_TIMEOUT
     seen_mtime = None if stale_ok else _ready_mtime(state_dir)
     while time.monotonic() < deadline:
         ready = read_ready(state_dir)
-        if ready and ready.get("pid") == pid and ready.get("digest") == digest and _ready_mtime(state_dir) != seen_mtime:
+        if (
+            ready
+            and ready.get("pid") == pid
+            and ready.get("digest") == digest
+            and _ready_mtime(state_dir) != seen_mtime
+        ):
             if ready.get("errors"):
                 raise PodnetError("netexec could not listen: " + "; ".join(ready["errors"]))
             return

@@ -14,14 +14,18 @@ from podnet.spec.models import (
     KINDS,
     ClusterDoc,
     ClusterSpec,
+    ExternalSpec,
+    HostSpec,
     Namespace,
     NamespaceDoc,
     Pod,
     PodDoc,
     Port,
+    RouterSpec,
     Spec,
+    SubnetSpec,
 )
-from podnet.spec.validate import validate
+from podnet.spec.validate import subnets_of, validate
 from podnet.spec.yamlpos import Document, DuplicateKey, Path, compose_documents
 
 
@@ -101,7 +105,9 @@ def load_text(text: str, file: str = "<string>") -> Spec:
         kind = doc.data.get("kind")
         if kind not in KINDS:
             expected = ", ".join(KINDS)
-            raise SpecError(file, doc.line_of(("kind",)), "kind", f"unknown kind {kind!r} (expected one of: {expected})")
+            raise SpecError(
+                file, doc.line_of(("kind",)), "kind", f"unknown kind {kind!r} (expected one of: {expected})"
+            )
         model = KINDS[kind]
         try:
             obj = model.model_validate(doc.data)
@@ -129,6 +135,17 @@ def _to_spec(
     pods: list[tuple[Document, PodDoc]],
 ) -> Spec:
     body = cluster.spec
+    subnets = [SubnetSpec(name, ipaddress.IPv4Network(cidr)) for name, cidr in subnets_of(body)]
+    external = None
+    if body.external is not None:
+        external = ExternalSpec(
+            body.external.name,
+            ipaddress.IPv4Network(body.external.cidr),
+            tuple(
+                HostSpec(h.name, h.address, tuple(Port(p.containerPort, p.protocol, p.name) for p in h.ports))
+                for h in body.external.hosts
+            ),
+        )
     spec = Spec(
         file=file,
         cluster=ClusterSpec(
@@ -137,9 +154,14 @@ def _to_spec(
             node_mask=body.nodeCIDRMaskSize,
             service_cidr=ipaddress.IPv4Network(body.serviceCIDR),
             backend=body.backend,
-            underlay_cidr=ipaddress.IPv4Network(body.underlay.cidr),
             underlay_mtu=body.underlay.mtu,
             nodes=[n.name for n in body.nodes],
+            subnets=subnets,
+            node_subnet={n.name: n.subnet or subnets[0].name for n in body.nodes},
+            routers=[RouterSpec(r.name, tuple(r.subnets), r.uplink) for r in body.underlay.routers],
+            external=external,
+            vni=body.vxlan.vni,
+            vxlan_port=body.vxlan.port,
         ),
     )
     spec.namespaces["default"] = Namespace("default", {"kubernetes.io/metadata.name": "default"})

@@ -46,26 +46,81 @@ class ObjectMeta(Strict):
     _check_name = field_validator("name")(check_label)
 
 
+class ContainerPort(Strict):
+    name: str | None = None
+    containerPort: int = Field(ge=1, le=65535)
+    protocol: Literal["TCP", "UDP"] = "TCP"
+    hostPort: int | None = Field(None, ge=1, le=65535)
+
+
+class Subnet(Strict):
+    name: str
+    cidr: str
+
+    _check_name = field_validator("name")(check_label)
+    _check_cidr = field_validator("cidr")(check_cidr)
+
+
+class Router(Strict):
+    name: str
+    subnets: list[str] = Field(min_length=1)
+    uplink: str | None = None  # the external network this router (the edge) leads to
+
+    _check_name = field_validator("name")(check_label)
+
+
 class Underlay(Strict):
-    cidr: str = "172.31.0.0/24"
+    """One L2 segment (``cidr``) or several (``subnets``) joined by ``routers``."""
+
+    cidr: str | None = None
+    subnets: list[Subnet] | None = None
+    routers: list[Router] = Field(default_factory=list)
     mtu: int = Field(1500, ge=1280, le=9000)
 
-    _check_cidr = field_validator("cidr")(check_cidr)
+    @field_validator("cidr")
+    @classmethod
+    def _cidr(cls, value: str | None) -> str | None:
+        return None if value is None else check_cidr(value)
 
 
 class Node(Strict):
     name: str
+    subnet: str | None = None
 
     _check_name = field_validator("name")(check_label)
+
+
+class ExternalHost(Strict):
+    name: str
+    address: str
+    ports: list[ContainerPort] = Field(default_factory=list)
+
+    _check_name = field_validator("name")(check_label)
+
+
+class External(Strict):
+    name: str
+    cidr: str
+    hosts: list[ExternalHost] = Field(default_factory=list)
+
+    _check_name = field_validator("name")(check_label)
+    _check_cidr = field_validator("cidr")(check_cidr)
+
+
+class Vxlan(Strict):
+    vni: int = Field(1, ge=1, le=16777215)
+    port: int = Field(4789, ge=1, le=65535)
 
 
 class ClusterBody(Strict):
     podCIDR: str = "10.244.0.0/16"
     nodeCIDRMaskSize: int = Field(24, ge=8, le=30)
     serviceCIDR: str = "10.96.0.0/12"
-    backend: Literal["host-gw"] = "host-gw"
+    backend: Literal["host-gw", "vxlan"] = "host-gw"
+    vxlan: Vxlan = Field(default_factory=Vxlan)
     underlay: Underlay = Field(default_factory=Underlay)
     nodes: list[Node] = Field(min_length=1)
+    external: External | None = None
 
     _check_cidrs = field_validator("podCIDR", "serviceCIDR")(check_cidr)
 
@@ -87,13 +142,6 @@ class NamespaceDoc(Strict):
     apiVersion: Literal["v1"]
     kind: Literal["Namespace"]
     metadata: ObjectMeta
-
-
-class ContainerPort(Strict):
-    name: str | None = None
-    containerPort: int = Field(ge=1, le=65535)
-    protocol: Literal["TCP", "UDP"] = "TCP"
-    hostPort: int | None = Field(None, ge=1, le=65535)
 
 
 class Container(Strict):
@@ -149,6 +197,35 @@ class Namespace:
     labels: dict[str, str]
 
 
+@dataclass(frozen=True)
+class SubnetSpec:
+    name: str
+    cidr: ipaddress.IPv4Network
+
+
+@dataclass(frozen=True)
+class RouterSpec:
+    name: str
+    subnets: tuple[str, ...]
+    uplink: str | None
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    """An external host: lives on the external network and runs netexec like a pod."""
+
+    name: str
+    address: str
+    ports: tuple[Port, ...]
+
+
+@dataclass(frozen=True)
+class ExternalSpec:
+    name: str
+    cidr: ipaddress.IPv4Network
+    hosts: tuple[HostSpec, ...]
+
+
 @dataclass
 class ClusterSpec:
     name: str
@@ -156,9 +233,19 @@ class ClusterSpec:
     node_mask: int
     service_cidr: ipaddress.IPv4Network
     backend: str
-    underlay_cidr: ipaddress.IPv4Network
     underlay_mtu: int
     nodes: list[str]
+    subnets: list[SubnetSpec]
+    node_subnet: dict[str, str]
+    routers: list[RouterSpec] = field(default_factory=list)
+    external: ExternalSpec | None = None
+    vni: int = 1
+    vxlan_port: int = 4789
+
+    @property
+    def underlay_cidr(self) -> ipaddress.IPv4Network:
+        """The first segment's CIDR (the whole underlay in the one-segment form)."""
+        return self.subnets[0].cidr
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 from podnet.errors import SpecError
-from podnet.spec.models import ClusterDoc, NamespaceDoc, PodDoc
+from podnet.spec.models import ClusterBody, ClusterDoc, NamespaceDoc, PodDoc
 from podnet.spec.yamlpos import Document
 
 
@@ -24,50 +24,15 @@ def validate(
             field += f"[{part}]" if isinstance(part, int) else (f".{part}" if field else str(part))
         return SpecError(file, doc.line_of(path), field, message)
 
-    # CIDRs must not overlap: a pod, a service VIP and a node address must never be confused.
-    cidrs = [
-        (("spec", "podCIDR"), ipaddress.IPv4Network(body.podCIDR)),
-        (("spec", "serviceCIDR"), ipaddress.IPv4Network(body.serviceCIDR)),
-        (("spec", "underlay", "cidr"), ipaddress.IPv4Network(body.underlay.cidr)),
-    ]
-    for i, (path, net) in enumerate(cidrs):
-        for other_path, other in cidrs[:i]:
-            if net.overlaps(other):
-                raise fail(cdoc, path, f"{net} overlaps {'.'.join(other_path)} {other}")
-
-    pod_net = ipaddress.IPv4Network(body.podCIDR)
-    if body.nodeCIDRMaskSize < pod_net.prefixlen:
-        raise fail(
-            cdoc,
-            ("spec", "nodeCIDRMaskSize"),
-            f"/{body.nodeCIDRMaskSize} is larger than podCIDR {pod_net} (expected a mask size of at least {pod_net.prefixlen})",
-        )
-    blocks = 2 ** (body.nodeCIDRMaskSize - pod_net.prefixlen)
-    if len(body.nodes) > blocks:
-        raise fail(
-            cdoc,
-            ("spec", "nodes"),
-            f"{len(body.nodes)} nodes but podCIDR {pod_net} holds only {blocks} blocks of /{body.nodeCIDRMaskSize}",
-        )
-    underlay = ipaddress.IPv4Network(body.underlay.cidr)
-    if len(body.nodes) > underlay.num_addresses - 3:
-        raise fail(
-            cdoc,
-            ("spec", "underlay", "cidr"),
-            f"{underlay} has room for {max(underlay.num_addresses - 3, 0)} nodes, the spec declares {len(body.nodes)}",
-        )
-
-    node_names: dict[str, int] = {}
-    for i, node in enumerate(body.nodes):
-        if node.name in node_names:
-            raise fail(cdoc, ("spec", "nodes", i, "name"), f"duplicate node name {node.name!r}")
-        node_names[node.name] = i
+    _validate_network(cdoc, body, fail)
 
     ns_names = {"default"}
+    declared: set[str] = set()
     for doc, ns in namespaces:
-        if ns.metadata.name in ns_names and ns.metadata.name != "default":
+        if ns.metadata.name in declared:
             raise fail(doc, ("metadata", "name"), f"duplicate Namespace {ns.metadata.name!r}")
         ns_names.add(ns.metadata.name)
+        declared.add(ns.metadata.name)
         if ns.metadata.namespace is not None:
             raise fail(doc, ("metadata", "namespace"), "a Namespace is not itself namespaced")
 
@@ -90,11 +55,11 @@ def validate(
         if (ns, pod.metadata.name) in seen_pods:
             raise fail(doc, ("metadata", "name"), f"duplicate Pod {ns}/{pod.metadata.name}")
         seen_pods.add((ns, pod.metadata.name))
-        if pod.spec.nodeName is not None and pod.spec.nodeName not in node_names:
+        if pod.spec.nodeName is not None and pod.spec.nodeName not in {n.name for n in body.nodes}:
             raise fail(
                 doc,
                 ("spec", "nodeName"),
-                f"node {pod.spec.nodeName!r} does not exist (expected one of: {', '.join(node_names)})",
+                f"node {pod.spec.nodeName!r} does not exist (expected one of: {', '.join(n.name for n in body.nodes)})",
             )
         seen_ports: set[tuple[int, str]] = set()
         port_names: set[str] = set()
@@ -102,9 +67,183 @@ def validate(
             for pi, port in enumerate(container.ports):
                 path = ("spec", "containers", ci, "ports", pi)
                 if (port.containerPort, port.protocol) in seen_ports:
-                    raise fail(doc, path + ("containerPort",), f"duplicate port {port.containerPort}/{port.protocol} in this pod")
+                    raise fail(
+                        doc,
+                        path + ("containerPort",),
+                        f"duplicate port {port.containerPort}/{port.protocol} in this pod",
+                    )
                 seen_ports.add((port.containerPort, port.protocol))
                 if port.name is not None:
                     if port.name in port_names:
                         raise fail(doc, path + ("name",), f"duplicate port name {port.name!r} in this pod")
                     port_names.add(port.name)
+
+
+def subnets_of(body: ClusterBody) -> list[tuple[str, str]]:
+    """(name, cidr) of every underlay segment; the one-segment form is a segment named 'underlay'."""
+    if body.underlay.subnets is not None:
+        return [(sn.name, sn.cidr) for sn in body.underlay.subnets]
+    return [("underlay", body.underlay.cidr or DEFAULT_UNDERLAY)]
+
+
+DEFAULT_UNDERLAY = "172.31.0.0/24"
+
+
+def _validate_network(cdoc: Document, body: ClusterBody, fail) -> None:
+    u = body.underlay
+    if u.cidr is not None and u.subnets is not None:
+        raise fail(
+            cdoc,
+            ("spec", "underlay", "subnets"),
+            "give either underlay.cidr (one segment) or underlay.subnets, not both",
+        )
+    if u.subnets is not None and not u.subnets:
+        raise fail(cdoc, ("spec", "underlay", "subnets"), "at least one subnet is needed")
+    subnets = subnets_of(body)
+    subnet_index = {}
+    for i, (name, _) in enumerate(subnets):
+        if name in subnet_index:
+            raise fail(cdoc, ("spec", "underlay", "subnets", i, "name"), f"duplicate subnet name {name!r}")
+        subnet_index[name] = i
+
+    # CIDRs must not overlap: a pod, a service VIP and a node address must never be confused.
+    cidrs: list[tuple[tuple, ipaddress.IPv4Network]] = [
+        (("spec", "podCIDR"), ipaddress.IPv4Network(body.podCIDR)),
+        (("spec", "serviceCIDR"), ipaddress.IPv4Network(body.serviceCIDR)),
+    ]
+    if u.subnets is None:
+        cidrs.append((("spec", "underlay", "cidr"), ipaddress.IPv4Network(subnets[0][1])))
+    else:
+        cidrs += [
+            (("spec", "underlay", "subnets", i, "cidr"), ipaddress.IPv4Network(c)) for i, (_, c) in enumerate(subnets)
+        ]
+    if body.external is not None:
+        cidrs.append((("spec", "external", "cidr"), ipaddress.IPv4Network(body.external.cidr)))
+    for i, (path, net) in enumerate(cidrs):
+        for other_path, other in cidrs[:i]:
+            if net.overlaps(other):
+                where = ".".join(str(p) for p in other_path)
+                raise fail(cdoc, path, f"{net} overlaps {where} {other}")
+
+    pod_net = ipaddress.IPv4Network(body.podCIDR)
+    if body.nodeCIDRMaskSize < pod_net.prefixlen:
+        raise fail(
+            cdoc,
+            ("spec", "nodeCIDRMaskSize"),
+            f"/{body.nodeCIDRMaskSize} is larger than podCIDR {pod_net} "
+            f"(expected a mask size of at least {pod_net.prefixlen})",
+        )
+    blocks = 2 ** (body.nodeCIDRMaskSize - pod_net.prefixlen)
+    if len(body.nodes) > blocks:
+        raise fail(
+            cdoc,
+            ("spec", "nodes"),
+            f"{len(body.nodes)} nodes but podCIDR {pod_net} holds only {blocks} blocks of /{body.nodeCIDRMaskSize}",
+        )
+
+    names_seen: dict[str, str] = {}
+
+    def claim(name: str, what: str, path: tuple) -> None:
+        if name in names_seen:
+            raise fail(cdoc, path, f"duplicate name {name!r}: already used by a {names_seen[name]}")
+        names_seen[name] = what
+
+    ext_name = body.external.name if body.external else None
+    edges = 0
+    for i, router in enumerate(u.routers):
+        claim(router.name, "router", ("spec", "underlay", "routers", i, "name"))
+        for j, sn in enumerate(router.subnets):
+            if sn not in subnet_index:
+                raise fail(
+                    cdoc,
+                    ("spec", "underlay", "routers", i, "subnets", j),
+                    f"subnet {sn!r} is not declared (expected one of: {', '.join(subnet_index)})",
+                )
+        if len(set(router.subnets)) != len(router.subnets):
+            raise fail(cdoc, ("spec", "underlay", "routers", i, "subnets"), "a subnet is listed twice")
+        if router.uplink is not None:
+            edges += 1
+            if router.uplink != ext_name:
+                raise fail(
+                    cdoc,
+                    ("spec", "underlay", "routers", i, "uplink"),
+                    f"uplink {router.uplink!r} is not the external network"
+                    + (f" (expected {ext_name!r})" if ext_name else " (declare spec.external first)"),
+                )
+            if edges > 1:
+                raise fail(
+                    cdoc, ("spec", "underlay", "routers", i, "uplink"), "only one edge router may have an uplink"
+                )
+    if body.external is not None and edges == 0:
+        raise fail(
+            cdoc,
+            ("spec", "external"),
+            f"an external network needs an edge router: give one router 'uplink: {ext_name}'",
+        )
+
+    members: dict[str, int] = {name: 0 for name in subnet_index}
+    for router in u.routers:
+        for sn in router.subnets:
+            members[sn] += 1
+    node_subnets = set()
+    for i, node in enumerate(body.nodes):
+        claim(node.name, "node", ("spec", "nodes", i, "name"))
+        if node.subnet is None:
+            if len(subnets) > 1:
+                raise fail(
+                    cdoc,
+                    ("spec", "nodes", i, "subnet"),
+                    f"required when the underlay has several subnets (expected one of: {', '.join(subnet_index)})",
+                )
+            sn = subnets[0][0]
+        else:
+            sn = node.subnet
+            if sn not in subnet_index:
+                raise fail(
+                    cdoc,
+                    ("spec", "nodes", i, "subnet"),
+                    f"subnet {sn!r} is not declared (expected one of: {', '.join(subnet_index)})",
+                )
+        members[sn] += 1
+        node_subnets.add(sn)
+    for name, cidr in subnets:
+        net = ipaddress.IPv4Network(cidr)
+        room = max(net.num_addresses - 3, 0)
+        if members[name] > room:
+            path = (
+                ("spec", "underlay", "cidr")
+                if u.subnets is None
+                else ("spec", "underlay", "subnets", subnet_index[name], "cidr")
+            )
+            raise fail(cdoc, path, f"{net} has room for {room} nodes and routers, the spec puts {members[name]} on it")
+
+    if body.backend == "host-gw" and len(node_subnets) > 1:
+        raise fail(
+            cdoc,
+            ("spec", "backend"),
+            "host-gw routes each pod block via its node's address, so every node must share one L2 subnet, "
+            f"but the nodes sit on {', '.join(sorted(node_subnets))} behind routers that know no pod routes; "
+            "use backend: vxlan (an overlay across the routed underlay) or bgp",
+        )
+
+    if body.external is not None:
+        ext = ipaddress.IPv4Network(body.external.cidr)
+        claim(body.external.name, "external network", ("spec", "external", "name"))
+        seen_addr: set[str] = set()
+        for i, host in enumerate(body.external.hosts):
+            claim(host.name, "external host", ("spec", "external", "hosts", i, "name"))
+            try:
+                addr = ipaddress.IPv4Address(host.address)
+            except ValueError:
+                raise fail(
+                    cdoc, ("spec", "external", "hosts", i, "address"), f"{host.address!r} is not an IPv4 address"
+                ) from None
+            if addr not in ext or addr in (ext.network_address, ext.broadcast_address):
+                raise fail(
+                    cdoc,
+                    ("spec", "external", "hosts", i, "address"),
+                    f"{addr} is not a host address of the external network {ext}",
+                )
+            if str(addr) in seen_addr:
+                raise fail(cdoc, ("spec", "external", "hosts", i, "address"), f"address {addr} is used twice")
+            seen_addr.add(str(addr))

@@ -1,0 +1,100 @@
+"""The physical network under the cluster: switches, routers, the edge and the external hosts.
+
+Every L2 segment is a bridge in a "switch" namespace; each member (node, router, external
+host) plugs into it with a veth. Routers forward with connected routes plus the static
+routes ``routing`` computes; ECMP hashing uses L4 ports so different flows spread.
+"""
+
+from __future__ import annotations
+
+from podnet import names
+from podnet.plan.routing import RoutingGraph
+from podnet.plan.topology import Topology
+from podnet.state import Address, Link, NextHop, Route, State
+
+SWITCH_BRIDGE = "br0"
+UNDERLAY_IF = "eth0"
+L4_HASH = {"net.ipv4.fib_multipath_hash_policy": "1"}
+
+
+def graph(topo: Topology) -> RoutingGraph:
+    return RoutingGraph({r.name: r.interfaces for r in topo.routers.values()})
+
+
+def _plug(state: State, topo: Topology, subnet: str, netns: str, ifname: str, mac: str, mtu: int) -> None:
+    """One veth from a member's namespace into the subnet's switch."""
+    info = topo.subnets[subnet]
+    port = names.switch_port(subnet, netns)
+    state.ns(info.switch_netns).add_link(
+        Link(port, "veth", mtu=mtu, master=SWITCH_BRIDGE, peer_netns=netns, peer_name=ifname)
+    )
+    state.ns(netns).add_link(Link(ifname, "veth", mac=mac, mtu=mtu, peer_netns=info.switch_netns, peer_name=port))
+
+
+def build(state: State, topo: Topology, mtu: int) -> None:
+    for subnet in topo.subnets.values():
+        sw = state.ns(subnet.switch_netns)
+        sw.sysctls["net.ipv4.ip_forward"] = "0"  # a switch bridges; it never routes
+        sw.add_link(Link("lo", "loopback"))
+        sw.add_link(Link(SWITCH_BRIDGE, "bridge", mtu=mtu))
+
+    g = graph(topo)
+    external = next((s.name for s in topo.subnets.values() if s.external), None)
+
+    for router in topo.routers.values():
+        ns = state.ns(router.netns)
+        ns.add_link(Link("lo", "loopback"))
+        ns.sysctls["net.ipv4.ip_forward"] = "1"
+        ns.sysctls.update(L4_HASH)
+        for iface in router.interfaces:
+            _plug(state, topo, iface.subnet, router.netns, iface.ifname, iface.mac, mtu)
+            ns.addresses.add(Address(iface.ifname, f"{iface.ip}/{iface.prefix}"))
+        for subnet in topo.subnets.values():
+            if subnet.external:
+                continue
+            hops = g.router_next_hops(router.name, subnet.name)
+            if hops:
+                ns.add_route(Route(subnet.cidr, tuple(NextHop(gw, dev) for gw, dev in hops)))
+        if router.uplink is not None:
+            # The gateway of last resort: anything not known inside goes out to the internet segment.
+            ns.add_route(Route("0.0.0.0/0", (NextHop(None, router.uplink),)))
+        elif external is not None:
+            hops = g.router_next_hops(router.name, external)
+            if hops:
+                ns.add_route(Route("0.0.0.0/0", tuple(NextHop(gw, dev) for gw, dev in hops)))
+
+    for node in topo.nodes.values():
+        ns = state.ns(node.netns)
+        ns.add_link(Link("lo", "loopback"))
+        ns.sysctls["net.ipv4.ip_forward"] = "1"
+        ns.sysctls.update(L4_HASH)
+        _plug(state, topo, node.subnet, node.netns, UNDERLAY_IF, names.mac_for_ip(node.underlay_ip), mtu)
+        ns.addresses.add(Address(UNDERLAY_IF, f"{node.underlay_ip}/{node.underlay_prefix}"))
+        for subnet in topo.subnets.values():
+            if subnet.external or subnet.name == node.subnet:
+                continue
+            hops = g.first_hops(node.subnet, subnet.name)
+            if hops:
+                ns.add_route(Route(subnet.cidr, tuple(NextHop(gw, UNDERLAY_IF) for gw in hops)))
+        default = _default_hops(g, topo, node.subnet, external)
+        if default:
+            ns.add_route(Route("0.0.0.0/0", tuple(NextHop(gw, UNDERLAY_IF) for gw in default)))
+
+    for host in topo.hosts.values():
+        ns = state.ns(host.netns)
+        ns.add_link(Link("lo", "loopback"))
+        ns.sysctls["net.ipv4.ip_forward"] = "0"
+        ext = next(s for s in topo.subnets.values() if s.external)
+        _plug(state, topo, ext.name, host.netns, UNDERLAY_IF, host.mac, mtu)
+        ns.addresses.add(Address(UNDERLAY_IF, f"{host.ip}/{host.prefix}"))
+        ns.add_route(Route("0.0.0.0/0", (NextHop(host.gateway, UNDERLAY_IF),)))
+
+
+def _default_hops(g: RoutingGraph, topo: Topology, subnet: str, external: str | None) -> list[str]:
+    """A node's default gateway: toward the edge if there is one, else the routers on its subnet."""
+    if external is not None:
+        return g.first_hops(subnet, external)
+    return sorted(
+        {i.ip for r in topo.routers.values() for i in r.interfaces if i.subnet == subnet},
+        key=lambda ip: tuple(int(x) for x in ip.split(".")),
+    )[:1]
