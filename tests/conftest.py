@@ -181,3 +181,25 @@ def make_cluster(tmp_path: Path) -> Iterator:
 
 def status_json(name: str) -> dict:
     return json.loads(run_cli("status", "-c", name, "-o", "json", check=True).stdout)
+
+
+def assert_observed_equals_plan(name: str) -> None:
+    """Every namespace podnet manages holds exactly what the plan says, and nothing else."""
+    from podnet.cluster import observe_cluster
+
+    _, p = usecases.load_applied(name)
+    observed, extra = observe_cluster(name, p.state)
+    assert extra == []
+    assert set(observed.namespaces) == set(p.state.namespaces)
+    for ns_name, want in p.state.namespaces.items():
+        have = observed.namespaces[ns_name]
+        assert set(have.links) == set(want.links), ns_name
+        for link_name, link in want.links.items():
+            assert have.links[link_name].satisfies(link), f"{ns_name}: {have.links[link_name]} != {link}"
+        assert have.addresses == want.addresses, ns_name
+        assert have.routes == want.routes, ns_name
+        assert have.neighbours == want.neighbours, ns_name
+        assert have.fdb == want.fdb, ns_name
+        assert {k: have.sysctls.get(k) for k in want.sysctls} == want.sysctls, ns_name
+        assert have.nft == want.nft, ns_name
+    assert {k: v.digest for k, v in observed.processes.items()} == {k: v.digest for k, v in p.state.processes.items()}

@@ -23,7 +23,7 @@ def _run(*cmd: str) -> str:
 
 
 def _without_counters(text: str) -> str:
-    return re.sub(r"\[\d+:\d+\]", "[0:0]", "\n".join(l for l in text.splitlines() if not l.startswith("#")))
+    return re.sub(r"\[\d+:\d+\]", "[0:0]", "\n".join(line for line in text.splitlines() if not line.startswith("#")))
 
 
 def snapshot() -> dict[str, str]:

@@ -12,7 +12,7 @@ import ctypes
 import errno
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 RUN_NETNS = "/run/netns"
 CLONE_NEWNET = 0x40000000
@@ -97,10 +97,8 @@ def delete(name: str) -> None:
     rc = _libc.umount2(p.encode(), MNT_DETACH)
     if rc != 0 and ctypes.get_errno() not in (errno.EINVAL, errno.ENOENT):
         _check(rc, f"umount {p}")
-    try:
+    with suppress(FileNotFoundError):
         os.unlink(p)
-    except FileNotFoundError:
-        pass
 
 
 def list_prefixed(prefix: str) -> list[str]:

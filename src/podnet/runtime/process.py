@@ -8,6 +8,7 @@ signalled. With the pidfile lost, ``find`` scans /proc for the command line, whi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -172,10 +173,8 @@ def _terminate(pid: int, cluster: str) -> None:
         _reap(pid)
         time.sleep(0.01)
     if _is_ours(pid, cluster):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         while _is_ours(pid, cluster):
             _reap(pid)
             time.sleep(0.01)
@@ -183,7 +182,5 @@ def _terminate(pid: int, cluster: str) -> None:
 
 def _reap(pid: int) -> None:
     """Collect the exit status if the daemon is our own child (started by this process)."""
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass

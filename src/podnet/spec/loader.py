@@ -88,7 +88,7 @@ def load_text(text: str, file: str = "<string>") -> Spec:
     try:
         docs = compose_documents(text)
     except DuplicateKey as dup:
-        raise SpecError(file, dup.line, _field(dup.path + (dup.key,)), "duplicate key") from None
+        raise SpecError(file, dup.line, _field((*dup.path, dup.key)), "duplicate key") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None

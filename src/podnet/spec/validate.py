@@ -43,7 +43,8 @@ def validate(
             raise fail(
                 doc,
                 ("metadata", "namespace"),
-                f"namespace {ns!r} is not declared (add a Namespace document, or use one of: {', '.join(sorted(ns_names))})",
+                f"namespace {ns!r} is not declared "
+                f"(add a Namespace document, or use one of: {', '.join(sorted(ns_names))})",
             )
         if ns != "default":
             from podnet.spec.models import check_label
@@ -69,13 +70,13 @@ def validate(
                 if (port.containerPort, port.protocol) in seen_ports:
                     raise fail(
                         doc,
-                        path + ("containerPort",),
+                        (*path, "containerPort"),
                         f"duplicate port {port.containerPort}/{port.protocol} in this pod",
                     )
                 seen_ports.add((port.containerPort, port.protocol))
                 if port.name is not None:
                     if port.name in port_names:
-                        raise fail(doc, path + ("name",), f"duplicate port name {port.name!r} in this pod")
+                        raise fail(doc, (*path, "name"), f"duplicate port name {port.name!r} in this pod")
                     port_names.add(port.name)
 
 

@@ -41,11 +41,11 @@ def _construct(node: yaml.Node, path: Path, lines: dict[Path, int]) -> Any:
             key = str(key_node.value)
             if key in out:
                 raise _Duplicate(key, key_node.start_mark.line + 1, path)
-            out[key] = _construct(value_node, path + (key,), lines)
-            lines[path + (key,)] = key_node.start_mark.line + 1
+            out[key] = _construct(value_node, (*path, key), lines)
+            lines[(*path, key)] = key_node.start_mark.line + 1
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_construct(v, path + (i,), lines) for i, v in enumerate(node.value)]
+        return [_construct(v, (*path, i), lines) for i, v in enumerate(node.value)]
     # A scalar: the composer already resolved its tag (int, bool, null, str).
     return yaml.constructor.SafeConstructor().construct_object(node, deep=True)
 
