@@ -105,11 +105,11 @@ def _process_handler(cluster: str, p: Plan) -> Callable[[Change], None]:
         if change.op == "stop_process":
             process.stop(state_dir, cluster)
             return
-        process.write_config(state_dir, p.netexec_config, change.obj.digest)
+        nonce = process.write_config(state_dir, p.netexec_config, change.obj.digest)
         if change.op == "start_process":
-            process.start(state_dir, cluster, change.obj.digest)
+            process.start(state_dir, cluster, nonce)
         else:
-            process.reload(state_dir, cluster, change.obj.digest)
+            process.reload(state_dir, cluster, nonce)
 
     return handle
 

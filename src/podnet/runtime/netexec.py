@@ -150,6 +150,7 @@ class Daemon:
                 self.listening[key] = (inode, transport)
         ready = {
             "digest": config.get("digest"),
+            "nonce": config.get("nonce"),
             "pid": os.getpid(),
             "errors": errors,
             "listening": [

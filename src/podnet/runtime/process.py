@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 from podnet.errors import PodnetError
@@ -92,13 +93,16 @@ def observe(state_dir: Path, cluster: str) -> dict[str, Process]:
     return {"netexec": Process("netexec", ("podnet", DAEMON_ARG, "--cluster", cluster), digest)}
 
 
-def write_config(state_dir: Path, config: dict, digest: str) -> None:
+def write_config(state_dir: Path, config: dict, digest: str) -> str:
+    """Write the daemon's configuration; returns the nonce its readiness will echo."""
+    nonce = uuid.uuid4().hex
     tmp = state_dir / (CONFIG + ".tmp")
-    tmp.write_text(json.dumps({**config, "digest": digest}))
+    tmp.write_text(json.dumps({**config, "digest": digest, "nonce": nonce}))
     tmp.replace(state_dir / CONFIG)
+    return nonce
 
 
-def start(state_dir: Path, cluster: str, digest: str) -> None:
+def start(state_dir: Path, cluster: str, nonce: str) -> None:
     for pid in find(cluster):  # an orphan from a crash before its pidfile was written
         _terminate(pid, cluster)
     log = open(state_dir / "netexec.log", "ab")  # noqa: SIM115 - handed to the child
@@ -108,30 +112,28 @@ def start(state_dir: Path, cluster: str, digest: str) -> None:
     )
     log.close()
     _pidfile(state_dir).write_text(f"{proc.pid}\n")
-    _wait_ready(state_dir, proc.pid, digest, lambda: proc.poll() is not None)
+    _wait_ready(state_dir, proc.pid, nonce, lambda: proc.poll() is not None)
 
 
-def reload(state_dir: Path, cluster: str, digest: str) -> None:
+def reload(state_dir: Path, cluster: str, nonce: str) -> None:
     pid = running_pid(state_dir, cluster)
     if pid is None:
-        start(state_dir, cluster, digest)
+        start(state_dir, cluster, nonce)
         return
     os.kill(pid, signal.SIGHUP)
-    _wait_ready(state_dir, pid, digest, lambda: not _is_ours(pid, cluster), stale_ok=False)
+    _wait_ready(state_dir, pid, nonce, lambda: not _is_ours(pid, cluster))
 
 
-def _wait_ready(state_dir: Path, pid: int, digest: str, died, stale_ok: bool = True) -> None:
-    """Wait until the daemon publishes readiness for exactly this configuration."""
+def _wait_ready(state_dir: Path, pid: int, nonce: str, died) -> None:
+    """Wait until the daemon publishes readiness for exactly the configuration we wrote last.
+
+    The nonce in the configuration file comes back in the readiness file only once the
+    daemon has read that very file: no reliance on timestamps.
+    """
     deadline = time.monotonic() + START_TIMEOUT
-    seen_mtime = None if stale_ok else _ready_mtime(state_dir)
     while time.monotonic() < deadline:
         ready = read_ready(state_dir)
-        if (
-            ready
-            and ready.get("pid") == pid
-            and ready.get("digest") == digest
-            and _ready_mtime(state_dir) != seen_mtime
-        ):
+        if ready and ready.get("pid") == pid and ready.get("nonce") == nonce:
             if ready.get("errors"):
                 raise PodnetError("netexec could not listen: " + "; ".join(ready["errors"]))
             return
@@ -139,13 +141,6 @@ def _wait_ready(state_dir: Path, pid: int, digest: str, died, stale_ok: bool = T
             raise PodnetError(f"netexec exited during start; see {state_dir / 'netexec.log'}")
         time.sleep(0.01)  # the daemon publishes readiness by rewriting a file; poll it briefly
     raise PodnetError(f"netexec did not become ready in {START_TIMEOUT:.0f}s; see {state_dir / 'netexec.log'}")
-
-
-def _ready_mtime(state_dir: Path) -> int | None:
-    try:
-        return os.stat(state_dir / READY).st_mtime_ns
-    except OSError:
-        return None
 
 
 def stop(state_dir: Path | None, cluster: str) -> int:
