@@ -114,7 +114,7 @@ spec:
     assert pod.node is None  # placement happens in plan
     assert pod.line == line_of(text, "kind: Pod") - 1
     assert [(p.port, p.protocol, p.name) for p in pod.ports] == [(80, "TCP", None), (53, "UDP", "dns")]
-    assert set(spec.namespaces) == {"default"}
+    assert set(spec.namespaces) == {"default", "kube-system"}  # both exist in every Kubernetes cluster
 
 
 def test_namespaces_carry_metadata_name_label() -> None:
@@ -149,10 +149,10 @@ def test_yaml_syntax_error() -> None:
 
 
 def test_unknown_kind() -> None:
-    text = CLUSTER + "---\napiVersion: v1\nkind: Service\nmetadata:\n  name: web\n"
+    text = CLUSTER + "---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n"
     err = load_error(text)
-    check(err, line_of(text, "kind: Service"), "kind", "unknown kind 'Service'")
-    assert "Cluster, Namespace, Pod" in err.message
+    check(err, line_of(text, "kind: Deployment"), "kind", "unknown kind 'Deployment'")
+    assert "Cluster, Namespace, Pod, Service" in err.message
 
 
 def test_unknown_field_in_cluster_spec() -> None:

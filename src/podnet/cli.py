@@ -17,6 +17,8 @@ from podnet import cluster as usecases
 from podnet.errors import PodnetError
 
 out = Console(highlight=False)
+if not out.is_terminal:
+    out.width = 200  # piped output (docs, logs): never truncate addresses to fit 80 columns
 err = Console(stderr=True, highlight=False)
 
 
@@ -117,6 +119,27 @@ def cmd_status(args: argparse.Namespace) -> int:
             p["namespace"], p["name"], p["node"], p["ip"], p["mac"], ",".join(p["ports"]) or "-", _yes(p["ready"])
         )
     out.print(pods)
+    if data["services"]:
+        out.print()
+        services = Table(
+            "NAMESPACE", "SERVICE", "TYPE", "CLUSTER-IP", "PORTS", "ENDPOINTS", box=None, header_style="bold"
+        )
+        for svc in data["services"]:
+            ports = ",".join(
+                f"{p['port']}" + (f":{p['node_port']}" if p["node_port"] else "") + f"/{p['protocol']}"
+                for p in svc["ports"]
+            )
+            endpoints = sorted({e for p in svc["ports"] for e in p["endpoints"]})
+            services.add_row(
+                svc["namespace"],
+                svc["name"],
+                svc["type"]
+                + (" (Local)" if svc["external_traffic_policy"] == "Local" and svc["type"] == "NodePort" else ""),
+                svc["cluster_ip"] or "None",
+                ports,
+                ",".join(endpoints) or "[red]<none>[/]",
+            )
+        out.print(services)
     return 0
 
 
@@ -143,6 +166,54 @@ def cmd_netexec_daemon(args: argparse.Namespace) -> int:
 
     netexec.main(Path(args.state_dir))
     return 0
+
+
+def cmd_dns_daemon(args: argparse.Namespace) -> int:
+    from podnet.runtime import dns
+
+    dns.main(Path(args.state_dir))
+    return 0
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    from podnet.cni import agent
+
+    return agent.run(args.node, args.config, args.socket, args.state_dir, args.workers)
+
+
+def cmd_cni_install(args: argparse.Namespace) -> int:
+    from podnet.cni import install
+
+    done = install.install(args.network, args.bin_dir, args.conf_dir, args.socket, args.portmap)
+    if args.output == "json":
+        _json(done)
+    else:
+        out.print(f"plugin  {done['plugin']}\nconfig  {done['conflist']}")
+    return 0
+
+
+def _add_cni_commands(sub) -> None:
+    from podnet.cni.install import DEFAULT_BIN_DIR, DEFAULT_CONF_DIR
+    from podnet.cni.shim import DEFAULT_SOCKET
+
+    p = sub.add_parser("agent", help="the node daemon behind the CNI plugin: programs this namespace as a node")
+    p.add_argument("--node", required=True, help="this node's name in the cluster file")
+    p.add_argument("--config", required=True, help="the cluster file (podCIDR, backend, nodes)")
+    p.add_argument("--socket", default=DEFAULT_SOCKET, help=f"where podnet-cni reaches it (default {DEFAULT_SOCKET})")
+    p.add_argument("--state-dir", help="allocations (default $PODNET_STATE_DIR/agent/CLUSTER_NODE)")
+    p.add_argument("--workers", type=int, default=8, help="requests served at once (default 8)")
+    p.set_defaults(func=cmd_agent)
+
+    p = sub.add_parser("cni", help="the CNI plugin: install it for a container runtime")
+    cni = p.add_subparsers(dest="cni_command", required=True, metavar="COMMAND")
+    p = cni.add_parser("install", help="copy podnet-cni into a CNI bin directory and write a conflist")
+    p.add_argument("--network", required=True, help="the network name runtimes use")
+    p.add_argument("--bin-dir", default=DEFAULT_BIN_DIR, help=f"default {DEFAULT_BIN_DIR}")
+    p.add_argument("--conf-dir", default=DEFAULT_CONF_DIR, help=f"default {DEFAULT_CONF_DIR}")
+    p.add_argument("--socket", default=DEFAULT_SOCKET, help="the agent's socket, written into the conflist")
+    p.add_argument("--portmap", action="store_true", help="chain the reference portmap plugin (hostPort)")
+    p.add_argument("-o", "--output", choices=["table", "json"], default="table", help="output format")
+    p.set_defaults(func=cmd_cni_install)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -179,6 +250,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cluster", required=True)
     p.add_argument("--state-dir", required=True)
     p.set_defaults(func=cmd_netexec_daemon)
+
+    p = sub.add_parser("dns-daemon", help=argparse.SUPPRESS)
+    p.add_argument("--cluster", required=True)
+    p.add_argument("--state-dir", required=True)
+    p.set_defaults(func=cmd_dns_daemon)
+    _add_cni_commands(sub)
     return parser
 
 

@@ -238,6 +238,29 @@ def status(cluster: str) -> dict:
             for h in topo.hosts.values()
         ],
         "pods": pods,
+        "services": [
+            {
+                "namespace": svc.namespace,
+                "name": svc.name,
+                "type": svc.type,
+                "cluster_ip": svc.cluster_ip,
+                "headless": svc.cluster_ip is None,
+                "session_affinity": "ClientIP" if svc.affinity_timeout else "None",
+                "external_traffic_policy": "Local" if svc.local else "Cluster",
+                "ports": [
+                    {
+                        "name": port.name,
+                        "protocol": port.protocol,
+                        "port": port.port,
+                        "node_port": port.node_port,
+                        "endpoints": [f"{e.ip}:{e.port}" for e in port.endpoints],
+                        "endpoint_pods": [e.pod for e in port.endpoints],
+                    }
+                    for port in svc.ports
+                ],
+            }
+            for svc in topo.services.values()
+        ],
     }
 
 

@@ -58,7 +58,7 @@ class Change:
             Neighbour: lambda o: f"neighbour {o.ip} {o.mac} on {o.ifname}",
             Fdb: lambda o: f"fdb {o.mac} -> {o.dst} on {o.ifname}",
             Process: lambda o: f"process {o.name}",
-            NftTable: lambda o: f"nftables table {o.family} {o.name} ({o.rules} rules)",
+            NftTable: lambda o: f"nftables table {o.family} {o.name}",
             tuple: lambda o: f"{o[0]}={o[1]}",
         }
         obj = self.obj
@@ -189,7 +189,7 @@ def _diff_namespace(
 
     if want.nft != have.nft:
         if want.nft is not None:
-            out.append(Change("set_nft", want.name, want.nft))
+            out.append(Change("set_nft", want.name, want.nft, peer=have.nft))
         else:
             out.append(Change("del_nft", want.name, have.nft))
     return out

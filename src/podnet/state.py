@@ -10,6 +10,7 @@ the kernel picks for a node-side veth); :func:`Link.satisfies` treats it as a wi
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass, field, fields
 
 MAIN_TABLE = 254
@@ -30,6 +31,7 @@ class Link:
     local: str | None = None  # vxlan: the underlay address of this end
     dstport: int | None = None  # vxlan
     learning: bool | None = None  # vxlan
+    hairpin: bool | None = None  # bridge port: may a frame leave by the port it came in on
 
     def satisfies(self, desired: Link) -> bool:
         """True when this (observed) link meets every attribute ``desired`` pins down."""
@@ -95,20 +97,84 @@ class Fdb:
     dst: str  # remote underlay IP for a VXLAN entry
 
 
-@dataclass(frozen=True)
-class NftTable:
-    """podnet's own nftables table in one namespace.
+def _short_hash(*parts: object) -> str:
+    return hashlib.sha1(repr(parts).encode()).hexdigest()[:8]
 
-    ``text`` is the table as nft source (planned only); ``digest`` names that source and is
-    stored as the table's comment, so observation recognises what it finds without parsing
-    nft's output back; ``rules`` counts the rules, so a rule deleted by hand is drift.
-    """
+
+@dataclass(frozen=True)
+class NftRule:
+    """One rule as nft source. Its id (a hash of the source) travels in the rule's comment,
+    so the kernel's copy is recognised without parsing nft's output back into source."""
+
+    text: str
+    comment: str | None = None
+
+    @property
+    def id(self) -> str:
+        return _short_hash(self.text, self.comment)
+
+    def render(self) -> str:
+        note = f"{self.comment} #{self.id}" if self.comment else f"#{self.id}"
+        return f'{self.text} comment "{note}"'
+
+
+@dataclass(frozen=True)
+class NftChain:
+    name: str
+    hook: tuple[str, str, int, str] | None = None  # (type, hook, priority, policy) for base chains
+    rules: tuple[NftRule, ...] = field(default=(), compare=False)
+    ids: tuple[str, ...] = ()  # the rules' ids: what is compared
+
+    @staticmethod
+    def of(name: str, hook: tuple[str, str, int, str] | None, rules: list[NftRule]) -> NftChain:
+        return NftChain(name, hook, tuple(rules), tuple(r.id for r in rules))
+
+
+@dataclass(frozen=True)
+class NftSet:
+    """A named set or map. ``elements`` are nft source ("10.96.0.20 . tcp . 80 : goto svc-x");
+    a ``dynamic`` set is filled by the data path (affinity), so its elements are not compared."""
+
+    name: str
+    decl: str = field(compare=False)  # "type ipv4_addr . inet_proto . inet_service : verdict"
+    kind: str = "map"  # map | set
+    elements: frozenset[str] = frozenset()
+    dynamic: bool = False
+
+    def comparable(self) -> tuple:
+        return (self.name, self.kind, self.dynamic, frozenset() if self.dynamic else self.elements)
+
+
+@dataclass
+class NftTable:
+    """podnet's own nftables table in one namespace."""
 
     family: str
     name: str
-    digest: str
-    rules: int
-    text: str | None = field(default=None, compare=False)
+    chains: dict[str, NftChain] = field(default_factory=dict)
+    sets: dict[str, NftSet] = field(default_factory=dict)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, NftTable):
+            return NotImplemented
+        return (self.family, self.name, self.chains) == (other.family, other.name, other.chains) and {
+            k: v.comparable() for k, v in self.sets.items()
+        } == {k: v.comparable() for k, v in other.sets.items()}
+
+    @property
+    def rule_count(self) -> int:
+        return sum(len(c.ids) for c in self.chains.values())
+
+    def to_json(self) -> dict:
+        return {
+            "family": self.family,
+            "name": self.name,
+            "chains": {
+                n: {"hook": list(c.hook) if c.hook else None, "rules": [r.render() for r in c.rules] or list(c.ids)}
+                for n, c in sorted(self.chains.items())
+            },
+            "sets": {n: sorted(s.elements) for n, s in sorted(self.sets.items())},
+        }
 
 
 @dataclass
@@ -137,7 +203,7 @@ class NetnsState:
             "neighbours": [asdict(n) for n in sorted(self.neighbours, key=lambda n: (n.ifname, n.ip))],
             "fdb": [asdict(f) for f in sorted(self.fdb, key=lambda f: (f.ifname, f.mac, f.dst))],
             "sysctls": dict(sorted(self.sysctls.items())),
-            "nft": asdict(self.nft) if self.nft else None,
+            "nft": self.nft.to_json() if self.nft else None,
         }
 
 

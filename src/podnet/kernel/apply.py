@@ -23,6 +23,7 @@ from pyroute2.netlink.rtnl import (
     RTM_DELNEIGH,
     RTM_DELROUTE,
     RTM_NEWADDR,
+    RTM_NEWLINK,
     RTM_NEWNEIGH,
     RTM_NEWROUTE,
     RTM_SETLINK,
@@ -33,7 +34,7 @@ from pyroute2.netlink.rtnl.ndmsg import ndmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from podnet.errors import KernelError
-from podnet.kernel import netns, nft
+from podnet.kernel import conntrack, netns, nft
 from podnet.kernel.netlink import Sessions
 from podnet.kernel.observe import PROTO_NUMBER
 from podnet.reconcile import Change
@@ -49,6 +50,13 @@ AF_BRIDGE = 7
 # Deleting something already gone is success: the goal state is reached.
 GONE = {errno.ENOENT, errno.ESRCH, errno.ENODEV, errno.EADDRNOTAVAIL, errno.EINVAL}
 BATCHED = {"set_link", "add_addr", "add_route", "add_neigh", "add_fdb"}
+
+SYSCTL_HINTS = {
+    "net.bridge.bridge-nf-call-iptables": (
+        " (Services need bridged pod traffic to pass netfilter, as Kubernetes does: load the"
+        " br_netfilter module, e.g. `modprobe br_netfilter`)"
+    ),
+}
 
 ProcessHandler = Callable[[Change], None]
 Progress = Callable[[int], None]
@@ -111,13 +119,17 @@ def _apply_one(change: Change, sessions: Sessions, created: set[str], on_process
     elif op in ("start_process", "reload_process", "stop_process"):
         on_process(change)
     elif op == "set_nft":
-        nft.load(change.netns, change.obj)
+        nft.load(change.netns, change.obj, change.peer)
+        conntrack.forget_removed_udp_endpoints(change.netns, change.obj, change.peer)
     elif op == "del_nft":
         nft.delete(change.netns, change.obj)
     elif op == "set_sysctl":
         key, value = change.obj
         with netns.entered(change.netns):
-            netns.write_sysctl(key, value)
+            try:
+                netns.write_sysctl(key, value)
+            except FileNotFoundError:
+                raise KernelError(f"{change.netns}: this kernel has no sysctl {key}" + SYSCTL_HINTS.get(key, "")) from None
     elif op == "add_link":
         _add_link(change.netns, change.obj, sessions)
     elif op == "add_veth":
@@ -203,14 +215,14 @@ def _add_veth(ns_name: str, link: Link, peer: Link, sessions: Sessions) -> None:
 
 def _apply_batch(ns_name: str, changes: list[Change], sessions: Sessions, fresh: bool) -> None:
     s = sessions.get(ns_name)
-    msgs = [_message(c, s) for c in changes]
+    msgs = [m for c in changes for m in _messages(c, s)]
     try:
         _send(s, msgs)
     except NetlinkError:
         # Find the one that failed, to say which; each message is idempotent.
-        for change, msg in zip(changes, [_message(c, s) for c in changes], strict=True):
+        for change in changes:
             try:
-                _send(s, [msg])
+                _send(s, _messages(change, s))
             except NetlinkError as exc:
                 raise KernelError(f"{change.describe()}: {exc.args[1] if len(exc.args) > 1 else exc}") from exc
         raise
@@ -218,6 +230,25 @@ def _apply_batch(ns_name: str, changes: list[Change], sessions: Sessions, fresh:
 
 def _send(s, msgs: Iterable) -> None:
     s.ipr.nlm_request_batch(list(msgs))
+
+
+def _messages(change: Change, s) -> list:
+    if change.op == "set_link" and change.obj.hairpin is not None:
+        # Bridge-port options go in a second message: they apply once the port is enslaved.
+        return [_setlink_msg(change.obj, s), _brport_msg(change.obj, s)]
+    return [_message(change, s)]
+
+
+def _brport_msg(link: Link, s):
+    msg = ifinfmsg()
+    msg["index"] = s.index.get(link.name, 0)
+    attrs: list = [] if msg["index"] else [("IFLA_IFNAME", link.name)]
+    slave_data = {"attrs": [("IFLA_BRPORT_MODE", int(bool(link.hairpin)))]}
+    attrs.append(
+        ("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_SLAVE_KIND", "bridge"), ("IFLA_INFO_SLAVE_DATA", slave_data)]})
+    )
+    msg["attrs"] = attrs
+    return _header(msg, RTM_NEWLINK, REQ)
 
 
 def _message(change: Change, s):

@@ -85,6 +85,9 @@ def _observe_one(s: Session, sysctl_keys: set[str]) -> tuple[NetnsState, dict[st
             master=by_index.get(master) if master else None,
             alias=_attr(m, "IFLA_IFALIAS") or None,
         )
+        slave = info.get_attr("IFLA_INFO_SLAVE_DATA") if info is not None else None
+        if slave is not None and info.get_attr("IFLA_INFO_SLAVE_KIND") == "bridge":
+            link = _with(link, hairpin=bool(slave.get_attr("IFLA_BRPORT_MODE")))
         if kind == "vxlan":
             data = info.get_attr("IFLA_INFO_DATA")
             link = _with(

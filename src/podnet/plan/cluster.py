@@ -11,6 +11,7 @@ from podnet import names
 from podnet.errors import SpecError
 from podnet.plan import backends, nat, underlay
 from podnet.plan.ipam import Allocations, Exhausted, allocate, hosts
+from podnet.plan.services import plan_services
 from podnet.plan.topology import HostInfo, Interface, NodeInfo, PodInfo, RouterInfo, SubnetInfo, Topology
 from podnet.spec.models import Spec
 from podnet.state import Address, Link, NextHop, Process, Route, State
@@ -48,6 +49,7 @@ def plan(spec: Spec, previous: Allocations | None = None) -> Plan:
 
     _plan_underlay(spec, topo, previous, allocations)
     _plan_pods(spec, topo, previous, allocations)
+    plan_services(spec, topo, previous, allocations)
 
     state = State()
     underlay.build(state, topo, c.underlay_mtu)
@@ -55,7 +57,9 @@ def plan(spec: Spec, previous: Allocations | None = None) -> Plan:
     backends.BACKENDS[c.backend](state, topo, c.vni, c.vxlan_port)
     for node in topo.nodes.values():
         members = [p for p in topo.pods.values() if p.node == node.name]
-        state.ns(node.netns).nft = nat.node_table(node, members, str(c.pod_cidr), str(c.service_cidr))
+        state.ns(node.netns).nft = nat.node_table(
+            node, members, list(topo.services.values()), str(c.pod_cidr), str(c.service_cidr)
+        )
 
     netexec_config = _netexec_config(topo)
     if netexec_config["pods"]:
@@ -239,11 +243,22 @@ def _build_pods(state: State, topo: Topology) -> None:
         ns = state.ns(node.netns)
         block = ipaddress.IPv4Network(node.pod_cidr)
         ns.add_link(Link(BRIDGE, "bridge", mac=names.mac_for_ip(node.gateway), mtu=topo.mtu))
+        # Replies of a pod to a Service client on the same bridge are bridged, not routed; they
+        # must still pass conntrack to be un-DNATed (Kubernetes requires the same setting).
+        ns.sysctls["net.bridge.bridge-nf-call-iptables"] = "1"
         ns.addresses.add(Address(BRIDGE, f"{node.gateway}/{block.prefixlen}"))
     for pod in topo.pods.values():
         node = topo.nodes[pod.node]
         state.ns(node.netns).add_link(
-            Link(pod.host_veth, "veth", mtu=topo.mtu, master=BRIDGE, peer_netns=pod.netns, peer_name=POD_IF)
+            Link(
+                pod.host_veth,
+                "veth",
+                mtu=topo.mtu,
+                master=BRIDGE,
+                peer_netns=pod.netns,
+                peer_name=POD_IF,
+                hairpin=True,  # a pod reaching itself through a Service: out by the port it came in
+            )
         )
         ns = state.ns(pod.netns)
         ns.sysctls["net.ipv4.ip_forward"] = "0"

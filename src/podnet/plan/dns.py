@@ -18,6 +18,7 @@ same input always gives the same zone, and a digest of it names the configuratio
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import json
@@ -64,6 +65,11 @@ class DnsPod:
     ip: str
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _addr(ip: str) -> ipaddress.IPv4Address:
+    return ipaddress.IPv4Address(ip)
+
+
 def absolute(name: str) -> str:
     """Lowercase, with exactly one trailing dot."""
     return name.strip().rstrip(".").lower() + "."
@@ -71,12 +77,12 @@ def absolute(name: str) -> str:
 
 def reverse_name(ip: str) -> str:
     """``10.96.0.10`` -> ``10.0.96.10.in-addr.arpa.``"""
-    return ipaddress.IPv4Address(ip).reverse_pointer + "."
+    return _addr(ip).reverse_pointer + "."
 
 
 def pod_name(ip: str, namespace: str, domain: str) -> str:
     """``A-B-C-D.NS.pod.DOMAIN.``, the name every pod answers to."""
-    dashed = str(ipaddress.IPv4Address(ip)).replace(".", "-")
+    dashed = str(_addr(ip)).replace(".", "-")
     return absolute(f"{dashed}.{namespace}.pod.{absolute(domain)}")
 
 
@@ -102,7 +108,7 @@ def _upstream_text(upstream: str) -> str:
 
 
 def _a(name: str, ip: str) -> dict:
-    return {"name": name, "type": "A", "data": str(ipaddress.IPv4Address(ip))}
+    return {"name": name, "type": "A", "data": str(_addr(ip))}
 
 
 def _ptr(ip: str, target: str) -> dict:
@@ -114,10 +120,14 @@ def _srv(name: str, port: int, target: str, weight: int) -> dict:
     return {"name": name, "type": "SRV", "data": data}
 
 
+def _hashable(data: str | dict) -> object:
+    return data if isinstance(data, str) else tuple(sorted(data.items()))
+
+
 def _sort_key(record: dict) -> tuple:
     data = record["data"]
     if record["type"] == "A":
-        order: object = ipaddress.IPv4Address(data).packed
+        order: object = _addr(data).packed
     elif record["type"] == "SRV":
         order = (data["port"], data["target"])
     else:
@@ -144,7 +154,7 @@ def zone(domain: str, services: list[DnsService], pods: list[DnsPod], upstreams:
                 srv = absolute(f"_{p.name}._{p.protocol.lower()}.{base}")
                 records.append(_srv(srv, p.port, base, SRV_WEIGHT))
             continue
-        endpoints = sorted(set(svc.endpoints), key=lambda e: (e.pod, ipaddress.IPv4Address(e.ip)))
+        endpoints = sorted(set(svc.endpoints), key=lambda e: (e.pod, _addr(e.ip)))
         for ep in endpoints:
             host = absolute(f"{ep.pod}.{base}")
             records.append(_a(base, ep.ip))
@@ -159,7 +169,7 @@ def zone(domain: str, services: list[DnsService], pods: list[DnsPod], upstreams:
         name = pod_name(pod.ip, pod.namespace, domain)
         records.append(_a(name, pod.ip))
         records.append(_ptr(pod.ip, name))
-    unique = {json.dumps(r, sort_keys=True): r for r in records}
+    unique = {(r["name"], r["type"], _hashable(r["data"])): r for r in records}
     return {
         "domain": domain,
         "ttl": TTL,

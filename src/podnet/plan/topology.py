@@ -78,6 +78,49 @@ class PodInfo:
         return f"{self.namespace}/{self.name}"
 
 
+SLOT_WIDTH = 4096  # numgen values per service port: all endpoints, then local ones from half-way
+LOCAL_OFFSET = SLOT_WIDTH // 2
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    pod: str  # "ns/name"
+    ip: str
+    node: str
+    port: int  # the target port on the pod
+
+
+@dataclass(frozen=True)
+class ServicePortInfo:
+    name: str | None
+    protocol: str
+    port: int
+    node_port: int | None
+    endpoints: tuple[Endpoint, ...]
+    slot: int  # base of this port's numgen values in the endpoint maps
+
+    def local_endpoints(self, node: str) -> tuple[Endpoint, ...]:
+        return tuple(e for e in self.endpoints if e.node == node)
+
+
+@dataclass(frozen=True)
+class ServiceInfo:
+    namespace: str
+    name: str
+    type: str
+    cluster_ip: str | None  # None: headless
+    ports: tuple[ServicePortInfo, ...]
+    affinity_timeout: int | None
+    local: bool
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
 @dataclass
 class Topology:
     cluster: str
@@ -88,6 +131,7 @@ class Topology:
     routers: dict[str, RouterInfo] = field(default_factory=dict)
     hosts: dict[str, HostInfo] = field(default_factory=dict)
     pods: dict[str, PodInfo] = field(default_factory=dict)  # key "ns/name"
+    services: dict[str, ServiceInfo] = field(default_factory=dict)  # key "ns/name"
 
     def kind_of(self, netns: str) -> tuple[str, str]:
         """(kind, name the user knows) for one of this cluster's namespaces."""
@@ -122,4 +166,5 @@ class Topology:
             "routers": [asdict(r) for r in self.routers.values()],
             "hosts": [asdict(h) for h in self.hosts.values()],
             "pods": [asdict(p) for p in self.pods.values()],
+            "services": [asdict(s) for s in self.services.values()],
         }

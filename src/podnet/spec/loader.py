@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from podnet.errors import SpecError
 from podnet.spec.models import (
     KINDS,
+    AffinityConfig,
     ClusterDoc,
     ClusterSpec,
     ExternalSpec,
@@ -22,10 +23,13 @@ from podnet.spec.models import (
     PodDoc,
     Port,
     RouterSpec,
+    Service,
+    ServiceDoc,
+    ServicePort,
     Spec,
     SubnetSpec,
 )
-from podnet.spec.validate import subnets_of, validate
+from podnet.spec.validate import subnets_of, validate, validate_services
 from podnet.spec.yamlpos import Document, DuplicateKey, Path, compose_documents
 
 
@@ -99,6 +103,7 @@ def load_text(text: str, file: str = "<string>") -> Spec:
     cluster: tuple[Document, ClusterDoc] | None = None
     namespaces: list[tuple[Document, NamespaceDoc]] = []
     pods: list[tuple[Document, PodDoc]] = []
+    services: list[tuple[Document, ServiceDoc]] = []
     for doc in docs:
         if not isinstance(doc.data, dict):
             raise SpecError(file, doc.line, "", "each document must be a mapping with apiVersion and kind")
@@ -121,11 +126,39 @@ def load_text(text: str, file: str = "<string>") -> Spec:
             namespaces.append((doc, obj))
         elif isinstance(obj, PodDoc):
             pods.append((doc, obj))
+        elif isinstance(obj, ServiceDoc):
+            services.append((doc, obj))
     if cluster is None:
         raise SpecError(file, None, "kind", "no Cluster document (expected one with apiVersion: podnet.io/v1alpha1)")
 
     validate(file, cluster, namespaces, pods)
-    return _to_spec(file, cluster[1], namespaces, pods)
+    validate_services(file, cluster, namespaces, services)
+    spec = _to_spec(file, cluster[1], namespaces, pods)
+    for doc, svc in services:
+        body = svc.spec
+        spec.services.append(
+            Service(
+                namespace=svc.metadata.namespace or "default",
+                name=svc.metadata.name,
+                type=body.type,
+                cluster_ip=body.clusterIP,
+                selector=dict(body.selector),
+                ports=tuple(
+                    ServicePort(
+                        p.name, p.protocol, p.port, p.targetPort if p.targetPort is not None else p.port, p.nodePort
+                    )
+                    for p in body.ports
+                ),
+                affinity_timeout=(
+                    (body.sessionAffinityConfig or AffinityConfig()).clientIP.timeoutSeconds
+                    if body.sessionAffinity == "ClientIP"
+                    else None
+                ),
+                local=body.externalTrafficPolicy == "Local",
+                line=doc.line,
+            )
+        )
+    return spec
 
 
 def _to_spec(
@@ -164,7 +197,8 @@ def _to_spec(
             vxlan_port=body.vxlan.port,
         ),
     )
-    spec.namespaces["default"] = Namespace("default", {"kubernetes.io/metadata.name": "default"})
+    for implicit in ("default", "kube-system"):  # as in every Kubernetes cluster
+        spec.namespaces[implicit] = Namespace(implicit, {"kubernetes.io/metadata.name": implicit})
     for _, ns in namespaces:
         labels = dict(ns.metadata.labels)
         labels["kubernetes.io/metadata.name"] = ns.metadata.name

@@ -166,7 +166,62 @@ class PodDoc(Strict):
     spec: PodBody
 
 
-KINDS: dict[str, type[Strict]] = {"Cluster": ClusterDoc, "Namespace": NamespaceDoc, "Pod": PodDoc}
+class ServicePortDoc(Strict):
+    name: str | None = None
+    protocol: Literal["TCP", "UDP"] = "TCP"
+    port: int = Field(ge=1, le=65535)
+    targetPort: int | str | None = None
+    nodePort: int | None = Field(None, ge=30000, le=32767)
+
+    @field_validator("targetPort")
+    @classmethod
+    def _target(cls, value: int | str | None) -> int | str | None:
+        if isinstance(value, int) and not 1 <= value <= 65535:
+            raise ValueError(f"{value} is out of range (expected 1-65535 or a container port's name)")
+        if isinstance(value, str):
+            if value.isdigit():
+                return _target_number(int(value))
+            check_label(value)
+        return value
+
+
+def _target_number(value: int) -> int:
+    if not 1 <= value <= 65535:
+        raise ValueError(f"{value} is out of range (expected 1-65535 or a container port's name)")
+    return value
+
+
+class ClientIPConfig(Strict):
+    timeoutSeconds: int = Field(10800, ge=1, le=86400)
+
+
+class AffinityConfig(Strict):
+    clientIP: ClientIPConfig = Field(default_factory=ClientIPConfig)
+
+
+class ServiceBody(Strict):
+    type: Literal["ClusterIP", "NodePort"] = "ClusterIP"
+    clusterIP: str | None = None  # "None" makes a headless service
+    selector: dict[str, str] = Field(default_factory=dict)
+    ports: list[ServicePortDoc] = Field(min_length=1)
+    sessionAffinity: Literal["None", "ClientIP"] = "None"
+    sessionAffinityConfig: AffinityConfig | None = None
+    externalTrafficPolicy: Literal["Cluster", "Local"] = "Cluster"
+
+
+class ServiceDoc(Strict):
+    apiVersion: Literal["v1"]
+    kind: Literal["Service"]
+    metadata: ObjectMeta
+    spec: ServiceBody
+
+
+KINDS: dict[str, type[Strict]] = {
+    "Cluster": ClusterDoc,
+    "Namespace": NamespaceDoc,
+    "Pod": PodDoc,
+    "Service": ServiceDoc,
+}
 
 
 @dataclass(frozen=True)
@@ -189,6 +244,36 @@ class Pod:
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class ServicePort:
+    name: str | None
+    protocol: str
+    port: int
+    target: int | str  # a number, or the name of a container port
+    node_port: int | None
+
+
+@dataclass(frozen=True)
+class Service:
+    namespace: str
+    name: str
+    type: str  # ClusterIP | NodePort
+    cluster_ip: str | None  # as written; "None" = headless, None = allocate
+    selector: dict[str, str]
+    ports: tuple[ServicePort, ...]
+    affinity_timeout: int | None  # seconds, when sessionAffinity is ClientIP
+    local: bool  # externalTrafficPolicy: Local
+    line: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def headless(self) -> bool:
+        return self.cluster_ip == "None"
 
 
 @dataclass(frozen=True)
@@ -256,3 +341,4 @@ class Spec:
     cluster: ClusterSpec
     namespaces: dict[str, Namespace] = field(default_factory=dict)
     pods: list[Pod] = field(default_factory=list)
+    services: list[Service] = field(default_factory=list)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 
 from podnet.errors import SpecError
-from podnet.spec.models import ClusterBody, ClusterDoc, NamespaceDoc, PodDoc
+from podnet.spec.models import ClusterBody, ClusterDoc, NamespaceDoc, PodDoc, ServiceDoc, check_label
 from podnet.spec.yamlpos import Document
 
 
@@ -26,7 +26,7 @@ def validate(
 
     _validate_network(cdoc, body, fail)
 
-    ns_names = {"default"}
+    ns_names = {"default", "kube-system"}
     declared: set[str] = set()
     for doc, ns in namespaces:
         if ns.metadata.name in declared:
@@ -248,3 +248,89 @@ def _validate_network(cdoc: Document, body: ClusterBody, fail) -> None:
             if str(addr) in seen_addr:
                 raise fail(cdoc, ("spec", "external", "hosts", i, "address"), f"address {addr} is used twice")
             seen_addr.add(str(addr))
+
+
+RESERVED_SERVICE_ADDRESSES = 10  # the first ten of serviceCIDR: .1 (apiserver) ... .10 (cluster DNS)
+
+
+def validate_services(
+    file: str,
+    cluster: tuple[Document, ClusterDoc],
+    namespaces: list[tuple[Document, NamespaceDoc]],
+    services: list[tuple[Document, ServiceDoc]],
+) -> None:
+    """Service rules: VIPs inside serviceCIDR and unique, node ports unique, port names sound."""
+    service_net = ipaddress.IPv4Network(cluster[1].spec.serviceCIDR)
+    declared = {"default", "kube-system"} | {ns.metadata.name for _, ns in namespaces}
+    seen: set[tuple[str, str]] = set()
+    vips: dict[str, str] = {}
+    node_ports: dict[tuple[int, str], str] = {}
+
+    def fail(doc: Document, path: tuple, message: str) -> SpecError:
+        field = ""
+        for part in path:
+            field += f"[{part}]" if isinstance(part, int) else (f".{part}" if field else str(part))
+        return SpecError(file, doc.line_of(path), field, message)
+
+    for doc, svc in services:
+        ns = svc.metadata.namespace or "default"
+        key = f"{ns}/{svc.metadata.name}"
+        if (ns, svc.metadata.name) in seen:
+            raise fail(doc, ("metadata", "name"), f"duplicate Service {key}")
+        seen.add((ns, svc.metadata.name))
+        if ns not in declared:
+            raise fail(
+                doc,
+                ("metadata", "namespace"),
+                f"namespace {ns!r} is not declared (add a Namespace document, or use one of: {', '.join(sorted(declared))})",
+            )
+        body = svc.spec
+        if body.clusterIP is not None and body.clusterIP != "None":
+            try:
+                vip = ipaddress.IPv4Address(body.clusterIP)
+            except ValueError:
+                raise fail(
+                    doc, ("spec", "clusterIP"), f'{body.clusterIP!r} is not an IPv4 address (or "None")'
+                ) from None
+            if vip not in service_net:
+                raise fail(doc, ("spec", "clusterIP"), f"{vip} is outside serviceCIDR {service_net}")
+            index = int(vip) - int(service_net.network_address)
+            if index <= RESERVED_SERVICE_ADDRESSES:
+                raise fail(
+                    doc,
+                    ("spec", "clusterIP"),
+                    f"{vip} is reserved (the first {RESERVED_SERVICE_ADDRESSES} addresses of serviceCIDR; the tenth is "
+                    "the cluster DNS)",
+                )
+            if str(vip) in vips:
+                raise fail(doc, ("spec", "clusterIP"), f"{vip} is already the clusterIP of {vips[str(vip)]}")
+            vips[str(vip)] = key
+        if body.clusterIP == "None" and body.type == "NodePort":
+            raise fail(doc, ("spec", "type"), "a headless service (clusterIP: None) cannot be a NodePort")
+        names: set[str] = set()
+        pairs: set[tuple[int, str]] = set()
+        for i, port in enumerate(body.ports):
+            path = ("spec", "ports", i)
+            if len(body.ports) > 1 and port.name is None:
+                raise fail(doc, (*path, "port"), "every port needs a name when a service has several")
+            if port.name is not None:
+                try:
+                    check_label(port.name)
+                except ValueError as exc:
+                    raise fail(doc, (*path, "name"), str(exc)) from None
+                if port.name in names:
+                    raise fail(doc, (*path, "name"), f"duplicate port name {port.name!r}")
+                names.add(port.name)
+            if (port.port, port.protocol) in pairs:
+                raise fail(doc, (*path, "port"), f"duplicate port {port.port}/{port.protocol}")
+            pairs.add((port.port, port.protocol))
+            if port.nodePort is not None:
+                if body.type != "NodePort":
+                    raise fail(doc, (*path, "nodePort"), "nodePort is only valid with type: NodePort")
+                if (port.nodePort, port.protocol) in node_ports:
+                    raise fail(
+                        doc,
+                        (*path, "nodePort"),
+                        f"nodePort {port.nodePort}/{port.protocol} is already used by {node_ports[(port.nodePort, port.protocol)]}",
+                    )
+                node_ports[(port.nodePort, port.protocol)] = key
