@@ -142,7 +142,8 @@ def down(cluster: str, on_wait: Callable[[], None] | None = None) -> DownResult:
             netns.delete(name)
         existed = state_dir.exists()
         shutil.rmtree(state_dir, ignore_errors=True)
-    (state_dir.parent / f".{cluster}.lock").unlink(missing_ok=True)
+        # Removed while held: a command waiting on it notices and locks the new file instead.
+        (state_dir.parent / f".{cluster}.lock").unlink(missing_ok=True)
     return DownResult(cluster, len(present), stopped, existed, present)
 
 

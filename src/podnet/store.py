@@ -38,14 +38,27 @@ def cluster_lock(cluster: str, on_wait: Callable[[], None] | None = None) -> Ite
     """Exclusive lock on one cluster; a second command says it waits, then waits its turn."""
     root = state_root()
     root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(root / f".{cluster}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
+    path = root / f".{cluster}.lock"
+    told = False
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            if on_wait is not None:
+            if on_wait is not None and not told:
                 on_wait()
+                told = True
             fcntl.flock(fd, fcntl.LOCK_EX)  # the kernel wakes us when the holder is done
+        # `down` removes the lock file while holding it: a lock on a file no longer at the
+        # path protects nothing, so take the lock again on the file that is there now.
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
         yield
     finally:
         os.close(fd)

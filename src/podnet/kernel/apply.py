@@ -13,6 +13,7 @@ import errno
 import itertools
 import os
 import signal
+import zlib
 import socket
 from collections.abc import Callable, Iterable
 
@@ -190,10 +191,20 @@ def _add_link(ns_name: str, link: Link, sessions: Sessions) -> None:
     s.index[link.name] = index
 
 
+def _stable_index(ns_name: str, ifname: str) -> int:
+    """An ifindex derived from the pair's identity: unique across the cluster in practice, so
+    observation can match the two ends of a veth by index without asking for netns ids."""
+    return 1000 + zlib.crc32(f"{ns_name}/{ifname}".encode()) % (1 << 30)
+
+
 def _add_veth(ns_name: str, link: Link, peer: Link, sessions: Sessions) -> None:
     s = sessions.get(ns_name)
     other = sessions.get(link.peer_netns or ns_name)
-    index = s.next_free_index()
+    if not s._complete:  # noqa: SLF001
+        s.refresh()
+    index = _stable_index(ns_name, link.name)
+    if index in s.index.values():
+        index = s.next_free_index()
     peer_attrs: dict = {"ifname": peer.name, "net_ns_fd": other.fd}
     if peer.mac:
         peer_attrs["address"] = peer.mac
