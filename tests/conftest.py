@@ -97,6 +97,7 @@ def leftovers(name: str) -> list[str]:
     """Everything of cluster ``name`` that still exists on this machine."""
     found = [f"netns {n}" for n in netns.list_prefixed(names.cluster_prefix(name))]
     found += [f"process {pid}" for pid in process.find(name)]
+    found += [f"/etc/netns/{n}" for n in netns.list_etc_prefixed(names.cluster_prefix(name))]
     state = Path(os.environ["PODNET_STATE_DIR"]) / name
     if state.exists():
         found.append(f"state dir {state}")

@@ -66,7 +66,8 @@ def test_status_json_has_the_documented_keys(shared: Cluster) -> None:
     for node in data["nodes"]:
         assert {"name", "netns", "underlay_ip", "pod_cidr"} <= node.keys()
         assert netns.exists(node["netns"])
-    assert len(data["pods"]) == len(PODS)
+    assert len(data["pods"]) == len(PODS) + 1  # and the cluster DNS pod, kube-system/coredns
+    assert any(p["namespace"] == "kube-system" and p["name"] == "coredns" for p in data["pods"])
     for pod in data["pods"]:
         assert {"namespace", "name", "node", "ip", "mac", "netns", "ready"} <= pod.keys()
         assert pod["ready"] is True

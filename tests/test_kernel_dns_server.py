@@ -174,9 +174,9 @@ class Dig:
     text: str
 
 
-def dig(ns: str, *args: str) -> Dig:
+def dig(ns: str, *args: str, server: str = "127.0.0.1") -> Dig:
     proc = subprocess.run(
-        ["ip", "netns", "exec", ns, "dig", "@127.0.0.1", "+time=3", "+tries=1", *args],
+        ["ip", "netns", "exec", ns, "dig", f"@{server}", "+time=3", "+tries=1", *args],
         capture_output=True,
         text=True,
         timeout=20,
@@ -327,6 +327,25 @@ def test_forwards_outside_names_to_the_upstream(lab: Lab) -> None:
     assert dig(cluster_ns, "example.org").status == "REFUSED"  # ... and so is its refusal
     # truncated upstream over UDP: a TCP client gets the whole answer (we retry upstream over TCP)
     assert len(dig(cluster_ns, "+tcp", "+noedns", "big.site.svc.example.test").answer) == 79
+
+
+def test_answers_from_the_address_it_was_asked_at(lab: Lab) -> None:
+    """A VIP on the server's namespace (not its primary address): replies must come from it."""
+    client_ns, server_ns = lab.netns("cli"), lab.netns("vip")
+    subprocess.run(
+        ["ip", "-n", client_ns, "link", "add", "dnsv0", "type", "veth", "peer", "name", "dnsv1", "netns", server_ns],
+        check=True,
+    )
+    for ns, dev, addr in ((client_ns, "dnsv0", "10.250.0.1/30"), (server_ns, "dnsv1", "10.250.0.2/30")):
+        subprocess.run(["ip", "-n", ns, "addr", "add", addr, "dev", dev], check=True)
+        subprocess.run(["ip", "-n", ns, "link", "set", dev, "up"], check=True)
+    subprocess.run(["ip", "-n", server_ns, "addr", "add", "10.96.0.10/32", "dev", "lo"], check=True)
+    subprocess.run(["ip", "-n", client_ns, "route", "add", "10.96.0.10/32", "via", "10.250.0.2"], check=True)
+    lab.server(server_ns).start(zone("cluster.local", SERVICES, PODS, []))
+    for server in ("10.96.0.10", "10.250.0.2"):
+        r = dig(client_ns, "web.shop.svc.cluster.local", server=server)
+        assert r.answer == [("web.shop.svc.cluster.local.", "A", "10.96.0.20")], server
+        assert f"SERVER: {server}#53" in r.text and "unexpected source" not in r.text
 
 
 def test_unreachable_upstream_gives_servfail(lab: Lab) -> None:

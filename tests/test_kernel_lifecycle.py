@@ -41,7 +41,7 @@ def test_down_leaves_root_namespace_identical(make_cluster) -> None:
     # Even while the cluster runs, the root namespace holds nothing of it.
     assert differences(before, during).keys() <= {"netns"}
     down = run_cli("down", "-c", c.name, "-o", "json", check=True)
-    assert json.loads(down.stdout)["namespaces"] == 1 + 2 + 3  # the switch, 2 nodes, 3 pods
+    assert json.loads(down.stdout)["namespaces"] == 1 + 2 + 3 + 1  # the switch, 2 nodes, 3 pods, the DNS pod
     assert differences(before, snapshot()) == {}
     assert leftovers(c.name) == []
 
@@ -56,7 +56,7 @@ def test_incremental_change_touches_only_the_difference(make_cluster) -> None:
     added = c.up()
     assert added["summary"]["add_netns"] == 1
     assert added["summary"]["add_veth"] == 1
-    assert added["summary"]["reload_process"] == 1
+    assert added["summary"]["reload_process"] == 2  # netexec serves it; DNS learns its pod record
     assert all(
         p.startswith("podnet_") and "web-3" in d for d in added["details"] for p in [d.split()[1]] if "netns" in d
     )
@@ -126,7 +126,7 @@ def test_down_works_without_state(make_cluster) -> None:
     c.up()
     shutil.rmtree(cluster_dir(c.name))
     result = json.loads(run_cli("down", "-c", c.name, "-o", "json", check=True).stdout)
-    assert result["namespaces"] == 6 and result["processes"] == 1
+    assert result["namespaces"] == 7 and result["processes"] == 2  # with the DNS pod and the DNS daemon
     assert leftovers(c.name) == []
 
 

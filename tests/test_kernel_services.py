@@ -154,7 +154,10 @@ spec:
 """
 
     def text(name: str, members: list[dict]) -> str:
-        return _labelled(cluster_yaml(name, pods=members), [p["name"] for p in members if p["name"] != "client"]) + service_doc
+        return (
+            _labelled(cluster_yaml(name, pods=members), [p["name"] for p in members if p["name"] != "client"])
+            + service_doc
+        )
 
     c = make_cluster(lambda n: text(n, pods))
     c.up()
@@ -173,5 +176,8 @@ spec:
 
 def _labelled(text: str, names: list[str]) -> str:
     for name in names:
-        text = text.replace(f"metadata: {{name: {name}, namespace: default}}", f"metadata: {{name: {name}, namespace: default, labels: {{app: dns}}}}")
+        text = text.replace(
+            f"metadata: {{name: {name}, namespace: default}}",
+            f"metadata: {{name: {name}, namespace: default, labels: {{app: dns}}}}",
+        )
     return text

@@ -10,7 +10,7 @@ from tests.conftest import REPO
 NODE1 = "podnet_svc_node-1"
 
 
-def table(text: str):  # noqa: ANN201
+def table(text: str):
     return plan(load_text(text, "services.yaml")).state.namespaces[NODE1].nft
 
 
@@ -37,12 +37,16 @@ def test_unchanged_table_writes_nothing_but_the_table_declaration() -> None:
 def test_changing_one_service_touches_only_its_chain_and_elements() -> None:
     before = table(base())
     # web-sticky loses its affinity: only its own chains, sets and elements change.
-    after = table(base().replace("  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 600}}\n", ""))
+    after = table(
+        base().replace("  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 600}}\n", "")
+    )
     text = script(after, before)
     lines = [line for line in text.strip().splitlines() if line != "add table ip podnet"]
     assert lines, "something must change"
     for line in lines:
-        assert "web-sticky" in line or line.startswith(("add element ip podnet endpoints-tcp", "delete element ip podnet slots")), line
+        assert "web-sticky" in line or line.startswith(
+            ("add element ip podnet endpoints-tcp", "delete element ip podnet slots")
+        ), line
     assert any(line.startswith("flush chain ip podnet svc-shop/web-sticky/tcp/80") for line in lines)
     assert any(line.startswith("delete chain ip podnet ep-shop/web-sticky/tcp/80/") for line in lines)
 
@@ -65,7 +69,14 @@ def test_parse_reads_rules_by_id_and_elements_as_source() -> None:
                 }
             },
             {"map": {"name": "no-endpoint-nodeports", "elem": [[{"concat": ["udp", 30001]}, {"drop": None}]]}},
-            {"set": {"name": "aff-x", "type": "ipv4_addr", "flags": ["timeout"], "elem": [{"elem": {"val": "1.2.3.4"}}]}},
+            {
+                "set": {
+                    "name": "aff-x",
+                    "type": "ipv4_addr",
+                    "flags": ["timeout"],
+                    "elem": [{"elem": {"val": "1.2.3.4"}}],
+                }
+            },
         ]
     }
     t = parse(data)

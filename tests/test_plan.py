@@ -15,6 +15,15 @@ from podnet.spec import load_text
 from podnet.state import NextHop, Route
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "quickstart.yaml"
+# These tests count pods, addresses and changes: leave the cluster DNS pod out of them
+# (tests/test_plan.py::test_cluster_dns_adds_its_pod_and_service covers it).
+NO_DNS = "  dns: {enabled: false}\n"
+
+
+def example_text() -> str:
+    return EXAMPLE.read_text().replace(
+        "  nodes: [{name: node-1}, {name: node-2}]", NO_DNS + "  nodes: [{name: node-1}, {name: node-2}]"
+    )
 
 
 def cluster_yaml(
@@ -27,7 +36,7 @@ def cluster_yaml(
     return (
         "apiVersion: podnet.io/v1alpha1\nkind: Cluster\n"
         f"metadata:\n  name: {name}\n"
-        f"spec:\n  podCIDR: {pod_cidr}\n  nodeCIDRMaskSize: {mask}\n  serviceCIDR: 10.96.0.0/12\n"
+        f"spec:\n  podCIDR: {pod_cidr}\n  nodeCIDRMaskSize: {mask}\n  serviceCIDR: 10.96.0.0/12\n{NO_DNS}"
         "  underlay:\n    cidr: 172.31.0.0/24\n"
         f"  nodes:\n{node_list}"
     )
@@ -92,7 +101,7 @@ def test_addresses_are_on_the_planned_interfaces() -> None:
 
 
 def test_plan_is_deterministic() -> None:
-    text = EXAMPLE.read_text()
+    text = example_text()
     one, two = make_plan(text), make_plan(text)
     assert one.state.to_json() == two.state.to_json()
     assert one.state == two.state
@@ -247,14 +256,14 @@ def test_macs_are_derived_from_ips() -> None:
 
 
 def test_macs_are_unique() -> None:
-    p = make_plan(EXAMPLE.read_text())
+    p = make_plan(example_text())
     macs = [link.mac for ns in p.state.namespaces.values() for link in ns.links.values() if link.mac]
     assert len(macs) == len(set(macs))
     assert all(m.startswith("0a:58:") for m in macs)
 
 
 def test_namespace_names() -> None:
-    p = make_plan(EXAMPLE.read_text())
+    p = make_plan(example_text())
     assert {n.netns for n in p.topology.nodes.values()} == {"podnet_demo_node-1", "podnet_demo_node-2"}
     assert p.topology.pods["shop/web-1"].netns == "podnet_demo_shop_web-1"
     assert p.topology.pods["default/client"].netns == "podnet_demo_default_client"
@@ -281,7 +290,7 @@ def test_interface_names_fit_15_bytes() -> None:
 
 
 def test_veth_ends_point_at_each_other() -> None:
-    p = make_plan(EXAMPLE.read_text())
+    p = make_plan(example_text())
     for ns in p.state.namespaces.values():
         for link in ns.links.values():
             if link.kind == "veth":
@@ -306,7 +315,7 @@ def test_every_node_routes_to_every_other_nodes_block_via_its_underlay_ip() -> N
 
 
 def test_pods_have_a_default_route_via_their_nodes_gateway() -> None:
-    p = make_plan(EXAMPLE.read_text())
+    p = make_plan(example_text())
     for pod in p.topology.pods.values():
         gateway = p.topology.nodes[pod.node].gateway
         routes = list(p.state.namespaces[pod.netns].routes.values())
@@ -314,7 +323,7 @@ def test_pods_have_a_default_route_via_their_nodes_gateway() -> None:
 
 
 def test_nodes_forward() -> None:
-    p = make_plan(EXAMPLE.read_text())
+    p = make_plan(example_text())
     for node in p.topology.nodes.values():
         assert p.state.namespaces[node.netns].sysctls["net.ipv4.ip_forward"] == "1"
     for pod in p.topology.pods.values():
@@ -322,7 +331,7 @@ def test_nodes_forward() -> None:
 
 
 def test_pod_veths_hang_on_the_node_bridge() -> None:
-    p = make_plan(EXAMPLE.read_text())
+    p = make_plan(example_text())
     for pod in p.topology.pods.values():
         node = p.state.namespaces[p.topology.nodes[pod.node].netns]
         host = node.links[pod.host_veth]
@@ -353,3 +362,19 @@ def test_netexec_digest_follows_the_ports() -> None:
     assert digest((80,)) == digest((80,))
     assert digest((80,)) != digest((8080,))
     assert digest((80,)) != digest((80, 443))
+
+
+def test_cluster_dns_adds_its_pod_and_service() -> None:
+    p = plan(load_text(EXAMPLE.read_text(), "f.yaml"))
+    dns_pod = p.topology.pods["kube-system/coredns"]
+    service = p.topology.services["kube-system/kube-dns"]
+    assert service.cluster_ip == "10.96.0.10"  # the tenth address, as kubeadm places kube-dns
+    assert [e.ip for port in service.ports for e in port.endpoints] == [dns_pod.ip, dns_pod.ip]
+    assert "kube-system/coredns" not in {s["pod"] for s in p.netexec_config["pods"]}  # DNS daemon serves it
+    assert p.dns_config is not None and p.dns_config["netns"] == dns_pod.netns
+    web = p.state.namespaces[p.topology.pods["shop/web-1"].netns]
+    assert (
+        web.resolv_conf
+        == "search shop.svc.cluster.local svc.cluster.local cluster.local\nnameserver 10.96.0.10\noptions ndots:5\n"
+    )
+    assert "dns" in p.state.processes

@@ -14,12 +14,23 @@ from podnet.spec import load_text
 from podnet.state import Address, Link, NextHop, Process, Route, State
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "quickstart.yaml"
+# These tests count pods, addresses and changes: leave the cluster DNS pod out of them
+# (tests/test_plan.py::test_cluster_dns_adds_its_pod_and_service covers it).
+NO_DNS = "  dns: {enabled: false}\n"
+
+
+def example_text() -> str:
+    return EXAMPLE.read_text().replace(
+        "  nodes: [{name: node-1}, {name: node-2}]", NO_DNS + "  nodes: [{name: node-1}, {name: node-2}]"
+    )
+
+
 NODE1 = "podnet_demo_node-1"
 DB = "podnet_demo_shop_db"
 
 
 def planned(text: str | None = None, previous: dict | None = None) -> Plan:
-    return plan(load_text(text if text is not None else EXAMPLE.read_text(), "f.yaml"), previous)
+    return plan(load_text(text if text is not None else example_text(), "f.yaml"), previous)
 
 
 def ops(changes: list[Change], *wanted: str) -> list[Change]:
@@ -148,7 +159,7 @@ def test_deletions_come_first() -> None:
 
 def test_removed_pod_deletes_its_namespace_only() -> None:
     before = planned()
-    text = EXAMPLE.read_text()
+    text = example_text()
     spec = load_text(text, "f.yaml")
     spec.pods = [p for p in spec.pods if p.key != "shop/db"]
     after = plan(spec, before.allocations)
@@ -174,7 +185,7 @@ def test_added_pod_creates_only_what_it_needs() -> None:
     new_pod = (
         "---\napiVersion: v1\nkind: Pod\nmetadata: {name: new}\nspec: {nodeName: node-2, containers: [{name: main}]}\n"
     )
-    after = planned(EXAMPLE.read_text() + new_pod, before.allocations)
+    after = planned(example_text() + new_pod, before.allocations)
     changes = diff(after.state, copy.deepcopy(before.state))
     new_ns = after.topology.pods["default/new"].netns
     assert [c.netns for c in ops(changes, "add_netns")] == [new_ns]
@@ -315,7 +326,7 @@ def test_process_with_changed_digest_is_reloaded() -> None:
 
 
 def test_process_not_desired_is_stopped() -> None:
-    text = EXAMPLE.read_text()
+    text = example_text().split("\n---\napiVersion: v1\nkind: Service", 1)[0]  # pods only
     with_ports = planned(text)
     without_ports = planned(text.replace("ports:", "# ports:"))
     assert without_ports.state.processes == {}

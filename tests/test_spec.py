@@ -24,6 +24,7 @@ spec:
   podCIDR: 10.244.0.0/16
   nodeCIDRMaskSize: 24
   serviceCIDR: 10.96.0.0/12
+  dns: {enabled: false}
   underlay:
     cidr: 172.31.0.0/24
   nodes:

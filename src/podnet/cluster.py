@@ -102,14 +102,16 @@ def _process_handler(cluster: str, p: Plan) -> Callable[[Change], None]:
     state_dir = cluster_dir(cluster)
 
     def handle(change: Change) -> None:
+        daemon = process.DAEMONS[change.obj.name]
         if change.op == "stop_process":
-            process.stop(state_dir, cluster)
+            process.stop(state_dir, cluster, daemon)
             return
-        nonce = process.write_config(state_dir, p.netexec_config, change.obj.digest)
+        config = p.netexec_config if daemon is process.NETEXEC else p.dns_config
+        nonce = process.write_config(state_dir, daemon, config or {}, change.obj.digest)
         if change.op == "start_process":
-            process.start(state_dir, cluster, nonce)
+            process.start(state_dir, cluster, daemon, nonce)
         else:
-            process.reload(state_dir, cluster, nonce)
+            process.reload(state_dir, cluster, daemon, nonce)
 
     return handle
 
@@ -140,6 +142,8 @@ def down(cluster: str, on_wait: Callable[[], None] | None = None) -> DownResult:
         present = netns.list_prefixed(names.cluster_prefix(cluster))
         for name in present:
             netns.delete(name)
+        for name in netns.list_etc_prefixed(names.cluster_prefix(cluster)):
+            netns.remove_etc(name)  # left by a crash between deleting a namespace and its directory
         existed = state_dir.exists()
         shutil.rmtree(state_dir, ignore_errors=True)
         # Removed while held: a command waiting on it notices and locks the new file instead.
@@ -177,11 +181,12 @@ def load_applied(cluster: str) -> tuple[Spec, Plan]:
 def status(cluster: str) -> dict:
     _, p = load_applied(cluster)
     topo = p.topology
-    ready = process.read_ready(cluster_dir(cluster)) or {}
-    daemon = process.running_pid(cluster_dir(cluster), cluster)
     listening: dict[str, set[tuple[int, str]]] = {}
-    for item in ready.get("listening", []) if daemon else []:
-        listening.setdefault(item["netns"], set()).add((item["port"], item["protocol"]))
+    for daemon in process.DAEMONS.values():
+        if process.running_pid(cluster_dir(cluster), cluster, daemon) is None:
+            continue
+        for item in (process.read_ready(cluster_dir(cluster), daemon) or {}).get("listening", []):
+            listening.setdefault(item["netns"], set()).add((item["port"], item["protocol"]))
     pods = []
     for pod in topo.pods.values():
         alive = netns.exists(pod.netns)

@@ -32,6 +32,8 @@ PHASES = {
     "add_neigh": 10,
     "add_fdb": 10,
     "set_nft": 11,
+    "set_resolv_conf": 11,
+    "del_resolv_conf": 11,
     "del_nft": 11,
     "start_process": 12,
     "reload_process": 12,
@@ -186,6 +188,12 @@ def _diff_namespace(
     for key, value in want.sysctls.items():
         if have.sysctls.get(key) != value:
             out.append(Change("set_sysctl", want.name, (key, value)))
+
+    if want.resolv_conf != have.resolv_conf:
+        if want.resolv_conf is not None:
+            out.append(Change("set_resolv_conf", want.name, want.resolv_conf))
+        else:
+            out.append(Change("del_resolv_conf", want.name))
 
     if want.nft != have.nft:
         if want.nft is not None:

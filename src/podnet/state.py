@@ -187,6 +187,8 @@ class NetnsState:
     fdb: set[Fdb] = field(default_factory=set)
     sysctls: dict[str, str] = field(default_factory=dict)
     nft: NftTable | None = None
+    # /etc/netns/<name>/resolv.conf: what `ip netns exec` (and so `podnet exec`) shows as /etc/resolv.conf
+    resolv_conf: str | None = None
 
     def add_link(self, link: Link) -> None:
         self.links[link.name] = link
@@ -204,6 +206,7 @@ class NetnsState:
             "fdb": [asdict(f) for f in sorted(self.fdb, key=lambda f: (f.ifname, f.mac, f.dst))],
             "sysctls": dict(sorted(self.sysctls.items())),
             "nft": self.nft.to_json() if self.nft else None,
+            "resolv_conf": self.resolv_conf,
         }
 
 

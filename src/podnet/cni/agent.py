@@ -54,10 +54,10 @@ from podnet.cni.shim import (
     INVALID_CONFIG,
     NOT_AVAILABLE,
     POOL_EXHAUSTED,
-    UNKNOWN_CONTAINER,
-    CniError,
     SPEC_VERSION,
     SUPPORTED_VERSIONS,
+    UNKNOWN_CONTAINER,
+    CniError,
     check_config,
     loads,
 )
@@ -174,8 +174,12 @@ class Agent:
         """Set the node up (or check that it is), re-enslave attachments, delete retired links."""
         changes = node.sync(self.session, self.cfg)
         if changes:
-            log.info("node %s: made %d changes (%s)", self.node_name, len(changes),
-                     ", ".join(sorted({c.op for c in changes})))
+            log.info(
+                "node %s: made %d changes (%s)",
+                self.node_name,
+                len(changes),
+                ", ".join(sorted({c.op for c in changes})),
+            )
         rtnl = netlink.Rtnl()
         try:
             rtnl.request([netlink.delete_group_message(RETIRED_GROUP)])  # left by a crash
@@ -221,7 +225,7 @@ class Agent:
             return b"0" + verb(request, conf, version)
         except CniError as exc:
             return b"1" + error_message(exc, version)
-        except Exception as exc:  # noqa: BLE001 - reported to the runtime, logged here
+        except Exception as exc:
             log.exception("request failed")
             return b"1" + error_message(CniError(INTERNAL, f"podnet agent: {exc}"), version)
 
@@ -248,7 +252,9 @@ class Agent:
             raise
         except OSError as exc:
             self._undo(att, new)
-            raise CniError(INTERNAL, f"could not attach {req['ifname']} in {netns_path}: {exc.strerror or exc}") from None
+            raise CniError(
+                INTERNAL, f"could not attach {req['ifname']} in {netns_path}: {exc.strerror or exc}"
+            ) from None
         prev = conf.get("prevResult")
         return json.dumps(result.to_json(version, conf.get("dns"), prev)).encode() + b"\n"
 
@@ -284,9 +290,13 @@ class Agent:
                 [
                     netlink.up_message(index),
                     netlink.address_message(index, att.ip, self.cfg.prefix),
-                    netlink.default_route_message(att.ifname, index, self.cfg.gateway),
+                    netlink.default_route_message(index, self.cfg.gateway),
                 ],
-                [f"set {att.ifname} up", f"address {att.ip}/{self.cfg.prefix}", f"default route via {self.cfg.gateway}"],
+                [
+                    f"set {att.ifname} up",
+                    f"address {att.ip}/{self.cfg.prefix}",
+                    f"default route via {self.cfg.gateway}",
+                ],
                 ok=(errno.EEXIST,),
             )
         return AddResult(
@@ -328,8 +338,9 @@ class Agent:
             raise CniError(UNKNOWN_CONTAINER, f"no network namespace at {netns_path}")
         problems = self._drift(att, netns_path, conf.get("prevResult") or {})
         if problems:
-            raise CniError(DRIFT, f"attachment {att.container_id}/{att.ifname} drifted: {problems[0]}",
-                           "; ".join(problems))
+            raise CniError(
+                DRIFT, f"attachment {att.container_id}/{att.ifname} drifted: {problems[0]}", "; ".join(problems)
+            )
         return b""
 
     def _drift(self, att: Attachment, netns_path: str, prev: dict) -> list[str]:
@@ -338,8 +349,11 @@ class Agent:
         mac = names.mac_for_ip(att.ip)
         if not self.ready:
             out.append(f"the node is not set up: {self.ready_error}")
-        ours = [i for i, iface in enumerate(prev.get("interfaces", []))
-                if iface.get("name") == att.ifname and iface.get("sandbox") == netns_path]
+        ours = [
+            i
+            for i, iface in enumerate(prev.get("interfaces", []))
+            if iface.get("name") == att.ifname and iface.get("sandbox") == netns_path
+        ]
         if not ours:
             out.append(f"prevResult has no interface {att.ifname} in {netns_path}")
         elif not any(ip.get("address") == cidr and ip.get("interface") in ours for ip in prev.get("ips", [])):
@@ -356,12 +370,16 @@ class Agent:
                     out.append(f"interface {att.ifname} is down")
                 if link.get_attr("IFLA_ADDRESS") != mac:
                     out.append(f"interface {att.ifname} has MAC {link.get_attr('IFLA_ADDRESS')}, not {mac}")
-                addrs = {f"{m.get_attr('IFA_ADDRESS')}/{m['prefixlen']}"
-                         for m in ipr.get_addr(family=socket.AF_INET, index=link["index"])}
+                addrs = {
+                    f"{m.get_attr('IFA_ADDRESS')}/{m['prefixlen']}"
+                    for m in ipr.get_addr(family=socket.AF_INET, index=link["index"])
+                }
                 if cidr not in addrs:
                     out.append(f"interface {att.ifname} lacks its address {cidr}")
-                routes = {(r.get_attr("RTA_GATEWAY"), r["dst_len"], r.get_attr("RTA_DST") or "0.0.0.0")
-                          for r in ipr.get_routes(family=socket.AF_INET, table=254)}
+                routes = {
+                    (r.get_attr("RTA_GATEWAY"), r["dst_len"], r.get_attr("RTA_DST") or "0.0.0.0")
+                    for r in ipr.get_routes(family=socket.AF_INET, table=254)
+                }
                 for route in prev.get("routes", []):
                     if route.get("gw") == self.cfg.gateway:
                         dst, _, length = route["dst"].partition("/")
@@ -386,8 +404,10 @@ class Agent:
         keep_ids = {(a["containerID"], a.get("ifname")) for a in valid}
         network = conf["name"]
         stale = [
-            a for a in self.ipam.all()
-            if a.network == network and (a.container_id, a.ifname) not in keep_ids
+            a
+            for a in self.ipam.all()
+            if a.network == network
+            and (a.container_id, a.ifname) not in keep_ids
             and (a.container_id, None) not in keep_ids
         ]
         host = netlink.host_socket()
@@ -404,15 +424,18 @@ class Agent:
         if bridge:
             for msg in self.session.ipr.get_links():
                 name = msg.get_attr("IFLA_IFNAME")
-                if (msg.get_attr("IFLA_MASTER") == bridge[0] and name.startswith("veth") and name not in owned
-                        and not self.reaper.pending(name)):
+                if (
+                    msg.get_attr("IFLA_MASTER") == bridge[0]
+                    and name.startswith("veth")
+                    and name not in owned
+                    and not self.reaper.pending(name)
+                ):
                     orphans.append(name)
         for name in orphans:
             if host.request([netlink.retire_message(name, RETIRED_GROUP)])[0] == 0:
                 self.reaper.retire(name, None)
         if stale or orphans:
-            log.info("GC %s: released %d attachments, deleted %d orphaned host ends", network, len(stale),
-                     len(orphans))
+            log.info("GC %s: released %d attachments, deleted %d orphaned host ends", network, len(stale), len(orphans))
         self.reaper.wait_gone()
         return b""
 
@@ -456,8 +479,14 @@ class Agent:
 
     def serve(self, workers: int = 8) -> None:
         srv = self._server or self.listen()
-        log.info("node %s (block %s, gateway %s, MTU %d): serving %s", self.node_name, self.cfg.block,
-                 self.cfg.gateway, self.cfg.mtu, self.socket_path)
+        log.info(
+            "node %s (block %s, gateway %s, MTU %d): serving %s",
+            self.node_name,
+            self.cfg.block,
+            self.cfg.gateway,
+            self.cfg.mtu,
+            self.socket_path,
+        )
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cni") as pool:
             while not self._stopping.is_set():
                 try:
@@ -471,8 +500,9 @@ class Agent:
 
     def _serve_one(self, conn: socket.socket) -> None:
         try:
-            pid, uid, gid = SO_PEERCRED_FMT.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                                                   SO_PEERCRED_FMT.size))
+            pid, uid, gid = SO_PEERCRED_FMT.unpack(
+                conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, SO_PEERCRED_FMT.size)
+            )
             if uid != 0:
                 conn.sendall(b"1" + error_message(CniError(INTERNAL, "podnet agent serves root only")))
                 return
@@ -517,8 +547,9 @@ class Agent:
         self.session.close()
 
 
-def run(node_name: str, config_file: str, socket_path: str = DEFAULT_SOCKET, state_dir: str | None = None,
-        workers: int = 8) -> int:
+def run(
+    node_name: str, config_file: str, socket_path: str = DEFAULT_SOCKET, state_dir: str | None = None, workers: int = 8
+) -> int:
     logging.basicConfig(level=logging.INFO, format="podnet agent: %(message)s", stream=sys.stderr)
     agent = Agent(node_name, config_file, socket_path, Path(state_dir) if state_dir else None)
     try:
@@ -534,4 +565,3 @@ def run(node_name: str, config_file: str, socket_path: str = DEFAULT_SOCKET, sta
     finally:
         log.info("stopped; containers keep their network")
     return 0
-

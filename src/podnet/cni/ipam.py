@@ -100,7 +100,9 @@ class Ipam:
 
     # --- changing ------------------------------------------------------------------------
 
-    def allocate(self, network: str, container_id: str, ifname: str, netns: str, host_if: str) -> tuple[Attachment, bool]:
+    def allocate(
+        self, network: str, container_id: str, ifname: str, netns: str, host_if: str
+    ) -> tuple[Attachment, bool]:
         """The attachment's address: its existing one, else the next free. (attachment, new?)."""
         key = (network, container_id, ifname)
         with self._lock:
@@ -138,7 +140,9 @@ class Ipam:
             ip = self.pool[(start + i) % n]
             if ip not in self._by_ip and ip not in self._held:
                 return ip
-        raise Exhausted(f"all {n} addresses are in use" + (f" ({len(self._held)} still being released)" if self._held else ""))
+        raise Exhausted(
+            f"all {n} addresses are in use" + (f" ({len(self._held)} still being released)" if self._held else "")
+        )
 
     def release(self, key: tuple[str, str, str], hold: bool = False) -> Attachment | None:
         """Forget an attachment; with ``hold`` its address stays out of the pool until :meth:`unhold`."""
@@ -146,9 +150,7 @@ class Ipam:
             att = self._records.pop(key, None)
             if att is None:
                 return None
-            self._db.execute(
-                "DELETE FROM attachments WHERE network = ? AND container_id = ? AND ifname = ?", key
-            )
+            self._db.execute("DELETE FROM attachments WHERE network = ? AND container_id = ? AND ifname = ?", key)
             self._by_ip.pop(att.ip, None)
             if hold:
                 self._held.add(att.ip)

@@ -63,7 +63,7 @@ class NodeConfig:
 
     @property
     def prefix(self) -> int:
-        return ipaddress.IPv4Network(self.node.pod_cidr).prefixlen
+        return int(self.node.pod_cidr.split("/")[1])
 
 
 def load(config_file: str, node_name: str, previous: dict | None = None) -> NodeConfig:
@@ -151,8 +151,12 @@ def _on_uplink(want: NetnsState, uplink: str) -> NetnsState:
         return want
     out = replace(want)
     out.routes = {
-        k: replace(r, nexthops=tuple(NextHop(h.gateway, uplink if h.dev == UNDERLAY_IF else h.dev, h.weight, h.onlink)
-                                     for h in r.nexthops))
+        k: replace(
+            r,
+            nexthops=tuple(
+                NextHop(h.gateway, uplink if h.dev == UNDERLAY_IF else h.dev, h.weight, h.onlink) for h in r.nexthops
+            ),
+        )
         for k, r in want.routes.items()
     }
     return out
@@ -203,7 +207,7 @@ def remove(session: HostSession, cfg: NodeConfig) -> None:
     for name in OWNED_LINKS:
         try:
             session.ipr.link("del", ifname=name)
-        except Exception:  # noqa: BLE001 - absent is fine
+        except Exception:
             pass
     if cfg.desired.nft is not None:
         subprocess.run(["nft", "delete", "table", cfg.desired.nft.family, cfg.desired.nft.name], capture_output=True)

@@ -56,7 +56,10 @@ class AddResult:
 
 # --- the shape of a result --------------------------------------------------------------------
 
-_INTERFACE_KEYS = {"1.0.0": {"name", "mac", "sandbox"}, "1.1.0": {"name", "mac", "mtu", "sandbox", "socketPath", "pciID"}}
+_INTERFACE_KEYS = {
+    "1.0.0": {"name", "mac", "sandbox"},
+    "1.1.0": {"name", "mac", "mtu", "sandbox", "socketPath", "pciID"},
+}
 _ROUTE_KEYS = {"1.0.0": {"dst", "gw"}, "1.1.0": {"dst", "gw", "mtu", "advmss", "priority", "table", "scope"}}
 _DNS_KEYS = {"nameservers", "domain", "search", "options"}
 

@@ -13,8 +13,8 @@ import errno
 import itertools
 import os
 import signal
-import zlib
 import socket
+import zlib
 from collections.abc import Callable, Iterable
 
 from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE, NLM_F_REQUEST
@@ -119,6 +119,10 @@ def _apply_one(change: Change, sessions: Sessions, created: set[str], on_process
         netns.delete(change.netns)
     elif op in ("start_process", "reload_process", "stop_process"):
         on_process(change)
+    elif op == "set_resolv_conf":
+        netns.write_resolv_conf(change.netns, change.obj)
+    elif op == "del_resolv_conf":
+        netns.remove_etc(change.netns)
     elif op == "set_nft":
         nft.load(change.netns, change.obj, change.peer)
         conntrack.forget_removed_udp_endpoints(change.netns, change.obj, change.peer)
@@ -130,7 +134,9 @@ def _apply_one(change: Change, sessions: Sessions, created: set[str], on_process
             try:
                 netns.write_sysctl(key, value)
             except FileNotFoundError:
-                raise KernelError(f"{change.netns}: this kernel has no sysctl {key}" + SYSCTL_HINTS.get(key, "")) from None
+                raise KernelError(
+                    f"{change.netns}: this kernel has no sysctl {key}" + SYSCTL_HINTS.get(key, "")
+                ) from None
     elif op == "add_link":
         _add_link(change.netns, change.obj, sessions)
     elif op == "add_veth":
@@ -200,7 +206,7 @@ def _stable_index(ns_name: str, ifname: str) -> int:
 def _add_veth(ns_name: str, link: Link, peer: Link, sessions: Sessions) -> None:
     s = sessions.get(ns_name)
     other = sessions.get(link.peer_netns or ns_name)
-    if not s._complete:  # noqa: SLF001
+    if not s._complete:
         s.refresh()
     index = _stable_index(ns_name, link.name)
     if index in s.index.values():

@@ -92,7 +92,8 @@ def create(name: str) -> None:
 
 
 def delete(name: str) -> None:
-    """Unpin a namespace; the kernel frees it, and the veth ends inside it, once unused."""
+    """Unpin a namespace; the kernel frees it, and the veth ends inside it, once unused.
+    Its /etc/netns directory (a pod's resolv.conf) goes with it."""
     p = path(name)
     rc = _libc.umount2(p.encode(), MNT_DETACH)
     if rc != 0 and ctypes.get_errno() not in (errno.EINVAL, errno.ENOENT):
@@ -144,3 +145,37 @@ def read_sysctl(key: str) -> str | None:
 def write_sysctl(key: str, value: str) -> None:
     with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
         f.write(value)
+
+
+ETC_NETNS = "/etc/netns"
+
+
+def read_resolv_conf(name: str) -> str | None:
+    """The resolv.conf `ip netns exec` bind-mounts over /etc/resolv.conf for this namespace."""
+    try:
+        with open(f"{ETC_NETNS}/{name}/resolv.conf") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+
+
+def write_resolv_conf(name: str, text: str) -> None:
+    os.makedirs(f"{ETC_NETNS}/{name}", mode=0o755, exist_ok=True)
+    tmp = f"{ETC_NETNS}/{name}/.resolv.conf.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, f"{ETC_NETNS}/{name}/resolv.conf")
+
+
+def remove_etc(name: str) -> None:
+    """Forget /etc/netns/<name> (podnet only ever writes resolv.conf there)."""
+    import shutil
+
+    shutil.rmtree(f"{ETC_NETNS}/{name}", ignore_errors=True)
+
+
+def list_etc_prefixed(prefix: str) -> list[str]:
+    try:
+        return sorted(e for e in os.listdir(ETC_NETNS) if e.startswith(prefix))
+    except FileNotFoundError:
+        return []

@@ -48,6 +48,7 @@ def observe(
             ns, ends = _observe_one(s, sysctl_keys)
             if nft_in and name in nft_in:
                 ns.nft = nft.observe(name)
+            ns.resolv_conf = netns.read_resolv_conf(name)
             state.namespaces[name] = ns
             veths[name] = ends
         _resolve_peers(state, veths, sessions)

@@ -9,9 +9,10 @@ from dataclasses import dataclass
 
 from podnet import names
 from podnet.errors import SpecError
-from podnet.plan import backends, nat, underlay
+from podnet.plan import backends, dns, nat, underlay
 from podnet.plan.ipam import Allocations, Exhausted, allocate, hosts
 from podnet.plan.services import plan_services
+from podnet.plan.system import DNS_POD, with_system_objects
 from podnet.plan.topology import HostInfo, Interface, NodeInfo, PodInfo, RouterInfo, SubnetInfo, Topology
 from podnet.spec.models import Spec
 from podnet.state import Address, Link, NextHop, Process, Route, State
@@ -27,6 +28,7 @@ class Plan:
     topology: Topology
     allocations: Allocations
     netexec_config: dict
+    dns_config: dict | None = None
 
 
 def _ip_key(ip: str) -> tuple[int, ...]:
@@ -35,6 +37,7 @@ def _ip_key(ip: str) -> tuple[int, ...]:
 
 def plan(spec: Spec, previous: Allocations | None = None) -> Plan:
     previous = previous or {}
+    spec = with_system_objects(spec)
     c = spec.cluster
     mtu = c.underlay_mtu - backends.OVERHEAD[c.backend]
     topo = Topology(cluster=c.name, backend=c.backend, mtu=mtu)
@@ -65,7 +68,34 @@ def plan(spec: Spec, previous: Allocations | None = None) -> Plan:
     if netexec_config["pods"]:
         digest = hashlib.sha256(json.dumps(netexec_config, sort_keys=True).encode()).hexdigest()[:16]
         state.processes[NETEXEC] = Process(NETEXEC, ("podnet", "netexec-daemon", "--cluster", c.name), digest)
-    return Plan(state, topo, allocations, netexec_config)
+    dns_config = None
+    if c.dns_enabled:
+        dns_config = _dns_config(spec, topo)
+        state.processes["dns"] = Process("dns", ("podnet", "dns-daemon", "--cluster", c.name), dns.digest(dns_config))
+        vip = dns.dns_vip(c.service_cidr)
+        for pod in topo.pods.values():
+            if pod.key != DNS_POD:
+                state.ns(pod.netns).resolv_conf = dns.resolv_conf(pod.namespace, c.dns_domain, vip)
+    return Plan(state, topo, allocations, netexec_config, dns_config)
+
+
+def _dns_config(spec: Spec, topo: Topology) -> dict:
+    services = [
+        dns.DnsService(
+            svc.namespace,
+            svc.name,
+            svc.cluster_ip,
+            tuple(dns.DnsPort(p.name, p.protocol, p.port) for p in svc.ports),
+            tuple(
+                dns.DnsEndpoint(e.pod.split("/", 1)[1], e.ip)
+                for e in sorted({e for p in svc.ports for e in p.endpoints}, key=lambda e: e.pod)
+            ),
+        )
+        for svc in topo.services.values()
+    ]
+    pods = [dns.DnsPod(p.namespace, p.name, p.ip) for p in topo.pods.values()]
+    zone = dns.zone(spec.cluster.dns_domain, services, pods, spec.cluster.dns_upstreams)
+    return {"netns": topo.pods[DNS_POD].netns, "zone": zone}
 
 
 def _plan_underlay(spec: Spec, topo: Topology, previous: Allocations, allocations: Allocations) -> None:
@@ -272,6 +302,7 @@ def _netexec_config(topo: Topology) -> dict:
     servers = [
         {"pod": pod.key, "name": pod.name, "netns": pod.netns, "ports": pod.ports}
         for pod in sorted(topo.pods.values(), key=lambda p: p.key)
+        if pod.key != DNS_POD  # served by the DNS daemon
     ] + [
         {"pod": host.name, "name": host.name, "netns": host.netns, "ports": host.ports}
         for host in sorted(topo.hosts.values(), key=lambda h: h.name)

@@ -390,10 +390,15 @@ def _ns_inode(name: str) -> int | None:
 
 
 def _reply_pktinfo(ancdata: list) -> list:
-    """Answer from the address the query was sent to (a namespace may have several)."""
+    """Answer from the address the query was sent to (a namespace may have several).
+
+    in_pktinfo is (ifindex, spec_dst, addr): the kernel's spec_dst is the local address the
+    packet was for (an interface address when it was sent to a broadcast address), which
+    is what the reply must come from; ifindex 0 lets routing pick the way out.
+    """
     for level, kind, data in ancdata:
         if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= 12:
-            return [(socket.IPPROTO_IP, IP_PKTINFO, b"\x00\x00\x00\x00" + data[8:12] + b"\x00\x00\x00\x00")]
+            return [(socket.IPPROTO_IP, IP_PKTINFO, b"\x00\x00\x00\x00" + data[4:8] + b"\x00\x00\x00\x00")]
     return []
 
 
@@ -419,9 +424,7 @@ class Daemon:
         for _ in range(UDP_BATCH):
             try:
                 data, ancdata, _, addr = sock.recvmsg(MAX_UDP, PKTINFO_SPACE)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
+            except OSError:  # BlockingIOError: drained
                 return
             reply = zone.answer(data, True)
             if reply is None:

@@ -195,6 +195,9 @@ def _to_spec(
             external=external,
             vni=body.vxlan.vni,
             vxlan_port=body.vxlan.port,
+            dns_enabled=body.dns.enabled,
+            dns_domain=body.dns.domain,
+            dns_upstreams=list(body.dns.upstreams),
         ),
     )
     for implicit in ("default", "kube-system"):  # as in every Kubernetes cluster

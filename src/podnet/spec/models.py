@@ -112,6 +112,20 @@ class Vxlan(Strict):
     port: int = Field(4789, ge=1, le=65535)
 
 
+class DnsConfig(Strict):
+    enabled: bool = True
+    domain: str = "cluster.local"
+    upstreams: list[str] = Field(default_factory=list)  # "IP" or "IP:PORT"; none: REFUSED outside the domain
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, value: str) -> str:
+        value = value.rstrip(".").lower()
+        for label in value.split("."):
+            check_label(label)
+        return value
+
+
 class ClusterBody(Strict):
     podCIDR: str = "10.244.0.0/16"
     nodeCIDRMaskSize: int = Field(24, ge=8, le=30)
@@ -121,6 +135,7 @@ class ClusterBody(Strict):
     underlay: Underlay = Field(default_factory=Underlay)
     nodes: list[Node] = Field(min_length=1)
     external: External | None = None
+    dns: DnsConfig = Field(default_factory=DnsConfig)
 
     _check_cidrs = field_validator("podCIDR", "serviceCIDR")(check_cidr)
 
@@ -326,6 +341,9 @@ class ClusterSpec:
     external: ExternalSpec | None = None
     vni: int = 1
     vxlan_port: int = 4789
+    dns_enabled: bool = True
+    dns_domain: str = "cluster.local"
+    dns_upstreams: list[str] = field(default_factory=list)
 
     @property
     def underlay_cidr(self) -> ipaddress.IPv4Network:
