@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from podnet import cluster as usecases
-from podnet.errors import PodnetError
+from podnet.errors import PodnetError, UsageError
 
 out = Console(highlight=False)
 if not out.is_terminal:
@@ -161,6 +161,27 @@ def cmd_exec(args: argparse.Namespace) -> int:
     return 127  # not reached
 
 
+def cmd_trace(args: argparse.Namespace) -> int:
+    from podnet.trace.render import render
+
+    if args.file and args.cluster:
+        raise UsageError("give either -c NAME (a running cluster) or -f FILE (a plan), not both")
+    if args.verify and args.file:
+        raise UsageError("--verify sends real packets: it needs a running cluster (-c NAME), not a file")
+    result, tracer = usecases.trace(
+        args.src, args.dst, args.proto, args.port, cluster=None if args.file else args.cluster, file=args.file
+    )
+    if args.verify:
+        from podnet.trace.verify import verify
+
+        verify(result, tracer, cold=args.cold)
+    if args.output == "json":
+        _json(result.to_json())
+    else:
+        render(result, out, verbose=args.verbose)
+    return 1 if result.verified is False else 0
+
+
 def cmd_netexec_daemon(args: argparse.Namespace) -> int:
     from podnet.runtime import netexec
 
@@ -245,6 +266,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", help="NS/POD, POD (namespace default), NODE, ROUTER or external HOST")
     p.add_argument("command", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_exec)
+
+    p = sub.add_parser("trace", help="the life of a packet: every hop, every decision; --verify proves it")
+    p.add_argument("src", help="NS/POD, POD, NODE, ROUTER or external HOST")
+    p.add_argument("dst", help="any of those, an IP address, or a DNS name (web.shop)")
+    p.add_argument("-c", "--cluster", help="trace the observed state of this running cluster")
+    p.add_argument("-f", "--file", help="trace the planned state of this file (no root needed)")
+    p.add_argument("--port", type=int, help="destination port (default 80 for tcp, 53 for udp)")
+    p.add_argument("--proto", choices=["tcp", "udp", "icmp"], default="tcp")
+    p.add_argument("--verify", action="store_true", help="send the packet for real and capture it at every hop")
+    p.add_argument("--cold", action="store_true", help="with --verify: flush neighbour caches first, so ARP is seen")
+    p.add_argument("-v", "--verbose", action="store_true", help="every route candidate and note")
+    p.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    p.set_defaults(func=cmd_trace)
 
     p = sub.add_parser("netexec-daemon", help=argparse.SUPPRESS)
     p.add_argument("--cluster", required=True)

@@ -287,3 +287,38 @@ def exec_target(cluster: str, target: str) -> str:
             f"no pod, node, router or host {target!r} in cluster {cluster!r} (expected one of: {', '.join(choices)})"
         )
     return pod.netns
+
+
+def trace(
+    src: str,
+    dst: str,
+    proto: str = "tcp",
+    port: int | None = None,
+    cluster: str | None = None,
+    file: str | None = None,
+):
+    """Trace a packet through the planned state of FILE, or the observed state of a running cluster.
+
+    With a running cluster, what the kernel holds is compared with the plan first: the
+    differences are reported as drift at the top of the trace.
+    """
+    from podnet.trace import Tracer
+    from podnet.trace.walk import TraceError
+
+    if file is not None:
+        spec = load_file(file)
+        p = plan(spec, _previous_allocations(spec.cluster.name))
+        tracer = Tracer(p.state, p.topology, p.state, p.dns_config, mode="planned")
+        drift: list[str] = []
+    else:
+        name = resolve_cluster(cluster)
+        _, p = load_applied(name)
+        observed, extra = observe_cluster(name, p.state)
+        drift = [c.describe() for c in diff(p.state, observed, extra) if c.op not in ("start_process", "reload_process")]
+        tracer = Tracer(observed, p.topology, p.state, p.dns_config, mode="observed")
+    try:
+        result = tracer.trace(src, dst, proto, port)
+    except TraceError as exc:
+        raise UsageError(str(exc)) from None
+    result.drift = sorted(set(result.drift) | set(drift))
+    return result, tracer

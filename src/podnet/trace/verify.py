@@ -1,0 +1,294 @@
+"""``--verify``: send the traced packet for real and capture it at every hop.
+
+A raw packet socket is opened inside each namespace on the interface the packet should leave
+by (the last hop: arrive on), all before the probe is sent; then the probe (a TCP connect, a
+UDP datagram, an ICMP echo) goes out from the source's namespace with the source port the
+trace predicted, and every captured frame is decoded (Ethernet, IPv4, TCP/UDP, VXLAN and the
+frame inside it) and matched against the hop's predicted headers. Where the route had several
+equal next hops, every member is watched and the one the kernel's hash picked is reported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+import struct
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+
+from podnet.kernel import netns
+from podnet.trace.model import Hop, Packet, TraceResult
+
+ETH_P_ALL = 0x0003
+CAPTURE_AFTER = 0.4  # seconds to keep listening once the probe has finished
+# A DNS query (id 0x5044, RD) for kube-dns.kube-system.svc.cluster.local, type A: what a UDP
+# probe to the cluster DNS server sends, so that it answers.
+DNS_QUERY = (
+    bytes.fromhex("50440100000100000000000008")
+    + b"kube-dns"
+    + b"\x0bkube-system\x03svc\x07cluster\x05local\x00"
+    + bytes.fromhex("00010001")
+)
+
+
+@dataclass(frozen=True)
+class Seen:
+    netns: str
+    ifname: str
+    src_mac: str
+    dst_mac: str
+    src_ip: str
+    dst_ip: str
+    proto: str
+    sport: int
+    dport: int
+    ttl: int
+    outer: tuple[str, str, int] | None  # (src, dst, vni) when inside VXLAN
+    arp: str | None = None
+
+    def describe(self) -> str:
+        if self.arp:
+            return f"{self.ifname}: ARP {self.arp}"
+        inner = f"{self.proto} {self.src_ip}:{self.sport} -> {self.dst_ip}:{self.dport} ttl {self.ttl} [{self.src_mac} -> {self.dst_mac}]"
+        if self.outer:
+            inner += f" inside VXLAN {self.outer[0]} -> {self.outer[1]} VNI {self.outer[2]}"
+        return f"{self.ifname}: {inner}"
+
+
+def _mac(b: bytes) -> str:
+    return ":".join(f"{x:02x}" for x in b)
+
+
+def _decode(frame: bytes, ns: str, ifname: str, vxlan_port: int = 4789) -> Seen | None:
+    if len(frame) < 14:
+        return None
+    dst, src, ethertype = frame[0:6], frame[6:12], struct.unpack("!H", frame[12:14])[0]
+    if ethertype == 0x0806 and len(frame) >= 42:
+        op = struct.unpack("!H", frame[20:22])[0]
+        spa, tpa = socket.inet_ntoa(frame[28:32]), socket.inet_ntoa(frame[38:42])
+        text = f"who-has {tpa} tell {spa}" if op == 1 else f"{spa} is-at {_mac(frame[22:28])}"
+        return Seen(ns, ifname, _mac(src), _mac(dst), spa, tpa, "arp", 0, 0, 0, None, text)
+    if ethertype != 0x0800:
+        return None
+    ip = frame[14:]
+    if len(ip) < 20:
+        return None
+    ihl = (ip[0] & 0x0F) * 4
+    ttl, proto = ip[8], ip[9]
+    s, d = socket.inet_ntoa(ip[12:16]), socket.inet_ntoa(ip[16:20])
+    l4 = ip[ihl:]
+    name = {6: "tcp", 17: "udp", 1: "icmp"}.get(proto, str(proto))
+    sport = dport = 0
+    if proto in (6, 17) and len(l4) >= 4:
+        sport, dport = struct.unpack("!HH", l4[:4])
+    if proto == 17 and dport == vxlan_port and len(l4) >= 16:
+        vni = int.from_bytes(l4[12:15], "big")
+        inner = _decode(l4[16:], ns, ifname, vxlan_port)
+        if inner is not None and inner.arp is None:
+            return Seen(
+                ns,
+                ifname,
+                inner.src_mac,
+                inner.dst_mac,
+                inner.src_ip,
+                inner.dst_ip,
+                inner.proto,
+                inner.sport,
+                inner.dport,
+                inner.ttl,
+                (s, d, vni),
+            )
+        return None
+    return Seen(ns, ifname, _mac(src), _mac(dst), s, d, name, sport, dport, ttl, None)
+
+
+def _open(ns: str, ifname: str) -> socket.socket | None:
+    try:
+        with netns.entered(ns):
+            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        sock.bind((ifname, 0))
+        sock.setblocking(False)
+        return sock
+    except OSError:
+        return None
+
+
+def _watch_points(result: TraceResult, tracer) -> list[tuple[str, str]]:
+    points: list[tuple[str, str]] = []
+    for path in (result.hops, result.reply):
+        for i, hop in enumerate(path):
+            last = i == len(path) - 1
+            iface = hop.in_if if last and hop.in_if else hop.out_if
+            if iface:
+                points.append((hop.netns, iface.split("/")[-1]))
+            points += _alternatives(path, i, tracer)
+    return sorted(set(points))
+
+
+def _ecmp_members(hop: Hop, tracer) -> list[tuple[str, str]]:
+    """The (namespace, interface) holding each next hop of an ECMP route taken at ``hop``."""
+    route = (hop.route or {}).get("underlay") or hop.route or {}
+    ecmp = route.get("ecmp")
+    ns = tracer.state.namespaces.get(hop.netns)
+    out = []
+    for member in ecmp or []:
+        link = ns.links.get(member["dev"]) if ns else None
+        if link is None or not member["gateway"]:
+            continue
+        for other_ns, other_if in tracer._l2_domain(ns, link.name):
+            other = tracer.state.namespaces[other_ns]
+            if any(a.ip == member["gateway"] for a in other.addresses if a.ifname == other_if):
+                out.append((other_ns, other_if))
+    return out
+
+
+def _alternatives(path: list[Hop], i: int, tracer) -> list[tuple[str, str]]:
+    """Where hop ``i`` may see the packet instead, when an earlier hop chose among equal paths:
+    the other routers' interfaces, or the switch ports that lead to them."""
+    j = i - 1
+    while j >= 0 and path[j].kind == "switch":
+        j -= 1
+    if j < 0:
+        return []
+    members = _ecmp_members(path[j], tracer)
+    if not members:
+        return []
+    hop = path[i]
+    if hop.kind != "switch":
+        return members
+    ns = tracer.state.namespaces.get(hop.netns)
+    return [
+        (hop.netns, link.name)
+        for link in (ns.links.values() if ns else [])
+        if (link.peer_netns, link.peer_name) in set(members)
+    ]
+
+
+def _matches(hop: Hop, seen: Seen, encapsulated: bool) -> bool:
+    p: Packet | None = hop.packet
+    if p is None or seen.arp:
+        return False
+    same = (seen.src_ip, seen.dst_ip, seen.proto) == (p.src_ip, p.dst_ip, p.proto)
+    if p.proto in ("tcp", "udp"):
+        same = same and (seen.sport, seen.dport) == (p.sport, p.dport)
+    return same and (seen.outer is not None) == encapsulated
+
+
+def _probe(result: TraceResult, src_netns: str, done: threading.Event, outcome: dict) -> None:
+    p = result.packet
+    try:
+        with netns.entered(src_netns):
+            if p.proto == "tcp":
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind((p.src_ip, p.sport))
+                sock.settimeout(2)
+                outcome["result"] = "connected" if sock.connect_ex((p.dst_ip, p.dport)) == 0 else "refused or timed out"
+                sock.close()
+            elif p.proto == "udp":
+                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind((p.src_ip, p.sport))
+                sock.settimeout(2)
+                dns = "DNS server" in (result.reason or "")
+                sock.sendto(DNS_QUERY if dns else b"hostname", (p.dst_ip, p.dport))
+                try:
+                    outcome["result"] = f"answer {sock.recv(1500).decode(errors='replace')!r}"
+                except OSError as exc:
+                    outcome["result"] = f"no answer ({exc})"
+                sock.close()
+            else:
+                ping = subprocess.run(["ping", "-c", "1", "-W", "2", p.dst_ip], capture_output=True, text=True)
+                outcome["result"] = "echo reply" if ping.returncode == 0 else "no echo reply"
+    except OSError as exc:
+        outcome["result"] = f"probe failed: {exc}"
+    finally:
+        done.set()
+
+
+def verify(result: TraceResult, tracer, cold: bool = False) -> TraceResult:
+    """Send the packet, capture along the path, and mark each hop seen or not; sets result.verified."""
+    if not result.hops:
+        result.verified = False
+        return result
+    namespaces = sorted({h.netns for h in (*result.hops, *result.reply)})
+    if cold:
+        for ns in namespaces:
+            subprocess.run(["ip", "-n", ns, "neigh", "flush", "nud", "reachable"], capture_output=True)
+            subprocess.run(["ip", "-n", ns, "neigh", "flush", "nud", "stale"], capture_output=True)
+            subprocess.run(["ip", "-n", ns, "neigh", "flush", "nud", "delay"], capture_output=True)
+    sockets = {}
+    for ns, ifname in _watch_points(result, tracer):
+        sock = _open(ns, ifname)
+        if sock is not None:
+            sockets[sock.fileno()] = (sock, ns, ifname)
+    seen: list[Seen] = []
+    done = threading.Event()
+    outcome: dict = {}
+    thread = threading.Thread(target=_probe, args=(result, result.hops[0].netns, done, outcome), daemon=True)
+    thread.start()
+    deadline = None
+    try:
+        while True:
+            if done.is_set() and deadline is None:
+                deadline = time.monotonic() + CAPTURE_AFTER
+            if deadline is not None and time.monotonic() > deadline:
+                break
+            ready, _, _ = select.select(list(sockets), [], [], 0.05)
+            for fd in ready:
+                sock, ns, ifname = sockets[fd]
+                with contextlib.suppress(BlockingIOError):
+                    while True:
+                        frame, addr = sock.recvfrom(65535)
+                        decoded = _decode(frame, ns, ifname)
+                        if decoded is not None:
+                            seen.append(decoded)
+    finally:
+        for sock, _, _ in sockets.values():
+            sock.close()
+        thread.join(timeout=5)
+
+    ok = True
+    for path, reply in ((result.hops, False), (result.reply, True)):
+        for i, hop in enumerate(path):
+            last = i == len(path) - 1
+            iface = (hop.in_if if last and hop.in_if else hop.out_if) or ""
+            iface = iface.split("/")[-1]
+            here = [s for s in seen if s.netns == hop.netns and s.ifname == iface]
+            if cold:
+                hop.captured += [s.describe() for s in here if s.arp]
+            encapsulated = bool(hop.encap) and not (last and hop.decap)
+            if i == 0 and hop.out_if is None:  # delivered locally (loopback): nothing crosses a link
+                hop.observed = None
+                continue
+            match = [s for s in here if _matches(hop, s, encapsulated)]
+            if not match:
+                alts = [
+                    s
+                    for (ns, ifn) in _alternatives(path, i, tracer)
+                    for s in seen
+                    if s.netns == ns and s.ifname == ifn and _matches(hop, s, encapsulated)
+                ]
+                if alts:
+                    hop.observed = True
+                    hop.captured.append(
+                        f"via ECMP member {tracer.topo.kind_of(alts[0].netns)[1]}: {alts[0].describe()}"
+                    )
+                    continue
+            hop.observed = bool(match)
+            if match:
+                hop.captured.append(match[0].describe())
+                p = hop.packet
+                if p is not None and (match[0].src_mac, match[0].dst_mac) != (p.src_mac, p.dst_mac) and p.src_mac:
+                    hop.captured.append(
+                        f"differs: MACs {match[0].src_mac} -> {match[0].dst_mac}, predicted {p.src_mac} -> {p.dst_mac}"
+                    )
+                    ok = False
+            else:
+                ok = False
+    result.verified = ok
+    result.hops[0].notes.append(f"probe: {outcome.get('result', 'not sent')}")
+    return result
