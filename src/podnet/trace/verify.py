@@ -242,7 +242,7 @@ def verify(result: TraceResult, tracer, cold: bool = False) -> TraceResult:
                 sock, ns, ifname = sockets[fd]
                 with contextlib.suppress(BlockingIOError):
                     while True:
-                        frame, addr = sock.recvfrom(65535)
+                        frame, _ = sock.recvfrom(65535)
                         decoded = _decode(frame, ns, ifname)
                         if decoded is not None:
                             seen.append(decoded)
@@ -252,7 +252,7 @@ def verify(result: TraceResult, tracer, cold: bool = False) -> TraceResult:
         thread.join(timeout=5)
 
     ok = True
-    for path, reply in ((result.hops, False), (result.reply, True)):
+    for path in (result.hops, result.reply):
         for i, hop in enumerate(path):
             last = i == len(path) - 1
             iface = (hop.in_if if last and hop.in_if else hop.out_if) or ""

@@ -257,7 +257,7 @@ class Tracer:
 
         # 3. Route lookup.
         decision = fib.lookup(ns, pkt.dst_ip, pkt.five_tuple())
-        hop.route = decision.to_json() if decision.kind != "local" or not local else decision.to_json()
+        hop.route = decision.to_json()
         if decision.kind == "none":
             result.verdict, result.reason = "dropped", f"{hop.name}: no route to {pkt.dst_ip}"
             hop.packet = frame.pkt
@@ -401,9 +401,9 @@ class Tracer:
         if frame.outer is not None:
             vx = next(
                 (
-                    l
-                    for l in ns.links.values()
-                    if l.kind == "vxlan" and l.local == pkt.dst_ip and l.dstport == pkt.dport
+                    x
+                    for x in ns.links.values()
+                    if x.kind == "vxlan" and x.local == pkt.dst_ip and x.dstport == pkt.dport
                 ),
                 None,
             )
@@ -580,7 +580,7 @@ class Tracer:
             link = here.links[name]
             if link.kind == "bridge":
                 found.append((ns_name, name))
-                todo += [(ns_name, l.name) for l in here.links.values() if l.master == name]
+                todo += [(ns_name, port.name) for port in here.links.values() if port.master == name]
                 continue
             if link.master:
                 todo.append((ns_name, link.master))
