@@ -22,12 +22,13 @@ from pathlib import Path
 
 from rich.console import Console
 
-from bench import nsutil, pods
+from bench import nsutil, pods, services
 from bench.nsutil import BenchError
 
 # suite name -> (run, cleanup, render)
 SUITES: dict[str, tuple[Callable, Callable, Callable]] = {
     "pods": (pods.run, pods.cleanup, pods.render),
+    "services": (services.run, services.cleanup, services.render),
 }
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REQUIRED = ("ip", "bash", "sysctl", f"{pods.CNI_DIR}/bridge", f"{pods.CNI_DIR}/host-local")

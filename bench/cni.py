@@ -260,11 +260,12 @@ def run(containers: int = 200, parallel: int = 8, log: Callable[[str], None] | N
         (tmp / "cluster.yaml").write_text(cluster_yaml("cnibench"))
         sock = str(tmp / "run" / "agent.sock")
         done = install.install(NETWORK, str(tmp / "bin"), str(tmp / "conf"), sock)
-        agent = subprocess.Popen(
-            ["ip", "netns", "exec", hp, sys.executable, "-m", "podnet", "agent", "--node", "node-1",
-             "--config", str(tmp / "cluster.yaml"), "--socket", sock, "--state-dir", str(tmp / "state")],
-            stdout=subprocess.DEVNULL, stderr=open(tmp / "agent.log", "w"), start_new_session=True,
-        )  # fmt: skip
+        with open(tmp / "agent.log", "w") as agent_log:
+            agent = subprocess.Popen(
+                ["ip", "netns", "exec", hp, sys.executable, "-m", "podnet", "agent", "--node", "node-1",
+                 "--config", str(tmp / "cluster.yaml"), "--socket", sock, "--state-dir", str(tmp / "state")],
+                stdout=subprocess.DEVNULL, stderr=agent_log, start_new_session=True,
+            )  # fmt: skip
         _wait("the agent's socket", lambda: _connects(sock) or agent.poll() is not None, 60)
         if agent.poll() is not None:
             raise BenchError(f"podnet agent exited {agent.returncode}: {(tmp / 'agent.log').read_text()[-2000:]}")

@@ -71,7 +71,9 @@ def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
     return proc
 
 
-def cluster_yaml(name: str, backend: str = "host-gw", mask: int = 24, nodes: int = 2, cidr: str = "10.244.0.0/16") -> str:
+def cluster_yaml(
+    name: str, backend: str = "host-gw", mask: int = 24, nodes: int = 2, cidr: str = "10.244.0.0/16"
+) -> str:
     node_list = ", ".join(f"{{name: node-{i + 1}}}" for i in range(nodes))
     return f"""apiVersion: podnet.io/v1alpha1
 kind: Cluster
@@ -318,6 +320,24 @@ def cluster(root_untouched: None) -> Iterator[Cluster]:
         assert not problems, problems
 
 
+# --- the node ------------------------------------------------------------------------------------
+
+
+def test_node_is_set_up_as_the_cluster_file_says(cluster: Cluster) -> None:
+    host = cluster.hosts["node-1"]
+    cni0 = json.loads(sh("ip", "-n", host, "-j", "addr", "show", "cni0").stdout)[0]
+    assert cni0["address"] == "0a:58:0a:f4:00:01"
+    assert [(a["local"], a["prefixlen"]) for a in cni0["addr_info"] if a["family"] == "inet"] == [("10.244.0.1", 24)]
+    routes = json.loads(sh("ip", "-n", host, "-j", "route", "show", "10.244.1.0/24").stdout)
+    assert [(r["gateway"], r["dev"]) for r in routes] == [("172.31.0.3", "eth0")]  # host-gw via node-2
+    assert sh("ip", "netns", "exec", host, "sysctl", "-n", "net.ipv4.ip_forward").stdout.strip() == "1"
+    table = sh("ip", "netns", "exec", host, "nft", "list", "table", "ip", "podnet").stdout
+    egress = [line for line in table.splitlines() if "egress" in line]
+    assert len(egress) == 1 and "ip saddr 10.244.0.0/16" in egress[0] and "masquerade" in egress[0], table
+    assert "10.96.0.10" not in table and "dnat to" not in table  # no Services under a runtime (the plan's kube-dns)
+    assert "10.244.0.2" not in {a.ip for a in cluster.agents["node-1"].attachments()}  # the plan's CoreDNS pod's
+
+
 # --- ADD ---------------------------------------------------------------------------------------
 
 
@@ -329,7 +349,12 @@ def test_add_wires_the_container(cluster: Cluster, version: str) -> None:
     assert res.rc == 0, res.raw
     assert result_problems(res.out, version) == []
     host_if, eth0 = res.out["interfaces"]
-    assert eth0 == {"name": "eth0", "mac": eth0["mac"], "sandbox": netns.path(c), **({"mtu": 1500} if version == "1.1.0" else {})}
+    assert eth0 == {
+        "name": "eth0",
+        "mac": eth0["mac"],
+        "sandbox": netns.path(c),
+        **({"mtu": 1500} if version == "1.1.0" else {}),
+    }
     ip = res.ip
     assert ip.startswith("10.244.0.") and res.out["ips"][0]["gateway"] == "10.244.0.1"
 
@@ -387,6 +412,31 @@ def test_add_into_a_missing_namespace_is_unknown_container(cluster: Cluster) -> 
     assert len(agent.attachments()) == before
 
 
+def test_add_by_proc_pid_path(cluster: Cluster) -> None:
+    """Runtimes may name the namespace by a process in it rather than by a pin under /run/netns."""
+    lab, agent = cluster.lab, cluster.agents["node-1"]
+    proc = subprocess.Popen(["unshare", "--net", "sleep", "60"], start_new_session=True)
+    lab.procs.append(proc)
+    path = f"/proc/{proc.pid}/ns/net"
+    wait_for("the process to have its namespace", lambda: os.stat(path).st_ino != os.stat("/proc/self/ns/net").st_ino)
+    res = lab.cni(agent, "ADD", cid="by-pid", env={"CNI_NETNS": path})
+    assert res.rc == 0, res.raw
+    assert res.out["interfaces"][1]["sandbox"] == path
+    ping = sh("nsenter", f"--net={path}", "ping", "-c1", "-W2", "10.244.0.1", check=False)
+    assert ping.returncode == 0, ping.stdout
+    assert lab.cni(agent, "DEL", cid="by-pid", env={"CNI_NETNS": path}).rc == 0
+
+
+def test_add_into_something_that_is_not_a_container_namespace(cluster: Cluster) -> None:
+    lab, agent = cluster.lab, cluster.agents["node-1"]
+    plain = lab.tmp / "not-a-netns"
+    plain.write_text("")
+    for path, words in ((str(plain), "not a network namespace"), (netns.path(agent.host), "own namespace")):
+        res = lab.cni(agent, "ADD", cid="odd", env={"CNI_NETNS": path})
+        assert res.rc == 1 and res.out["code"] == 4 and words in res.out["msg"], res.raw
+    assert "odd" not in {a.container_id for a in agent.attachments()}
+
+
 def test_add_with_an_interface_name_in_use_fails_and_leaks_nothing(cluster: Cluster) -> None:
     lab, agent, host = cluster.lab, cluster.agents["node-1"], cluster.hosts["node-1"]
     c = lab.container()
@@ -424,7 +474,7 @@ def test_100_concurrent_adds_get_unique_addresses_and_dels_leak_nothing(cluster:
     ips = [results[c].ip for c in containers]
     assert len(set(ips)) == 100 and not set(ips) & before
     # What the kernel holds agrees: every container has its own address.
-    for c, ip in zip(containers[:: 10], ips[:: 10], strict=True):
+    for c, ip in zip(containers[::10], ips[::10], strict=True):
         assert ip in sh("ip", "-n", c, "-4", "-o", "addr", "show", "eth0").stdout
     assert {a.ip for a in agent.attachments()} == before | set(ips)
 
@@ -566,6 +616,33 @@ def test_agent_down_and_restarted(cluster: Cluster) -> None:
     assert lab.ask(c, ip_a, 7003) == ip_c
 
 
+def test_only_root_may_use_the_agent(cluster: Cluster) -> None:
+    lab, agent = cluster.lab, cluster.agents["node-1"]
+    sock = Path(agent.socket)
+    assert (sock.stat().st_mode & 0o777, sock.parent.stat().st_mode & 0o777) == (0o600, 0o700)
+    # A copy of the plugin that user nobody may run.
+    public = Path(tempfile.mkdtemp(prefix="podnet-cni-public-"))
+    try:
+        public.chmod(0o755)
+        plugin = install.install(NETWORK, str(public / "bin"), str(public / "conf"))["plugin"]
+        conf = {"cniVersion": "1.1.0", "name": NETWORK, "type": "podnet-cni", "agentSocket": agent.socket}
+        as_nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", plugin]
+        denied = lab.exec(agent.host, as_nobody, conf, {"CNI_COMMAND": "STATUS"})
+        assert denied.rc == 1 and denied.out["code"] == 104, denied.raw
+        # Even with the permissions opened, the agent itself refuses anyone but root.
+        modes = {p: p.stat().st_mode & 0o777 for p in (lab.tmp, sock.parent, sock)}
+        for p in modes:
+            p.chmod(0o777 if p == sock else 0o755)
+        try:
+            refused = lab.exec(agent.host, as_nobody, conf, {"CNI_COMMAND": "STATUS"})
+        finally:
+            for p, mode in modes.items():
+                p.chmod(mode)
+        assert refused.rc == 1 and refused.out["code"] == 100 and "root" in refused.out["msg"], refused.raw
+    finally:
+        subprocess.run(["rm", "-rf", str(public)], check=False)
+
+
 # --- chained reference plugins ---------------------------------------------------------------------
 
 
@@ -627,19 +704,20 @@ def lab(root_untouched: None) -> Iterator[Lab]:
 def test_status_and_add_when_the_pool_is_exhausted(lab: Lab) -> None:
     host = lab.plug("node-1", "172.31.0.2")
     agent = lab.agent("node-1", host, cluster_yaml(f"small{lab.prefix[14:20]}", mask=29, nodes=1))
+    # 10.244.0.2-6; the cluster's planned CoreDNS pod holds .2, which stays out of the pool.
     assert len(pool_of("10.244.0.0/29", "10.244.0.1")) == 5
-    cs = [lab.container() for _ in range(6)]
-    added = [lab.cni(agent, "ADD", c) for c in cs[:5]]
-    assert all(r.rc == 0 for r in added) and len({r.ip for r in added}) == 5
+    cs = [lab.container() for _ in range(5)]
+    added = [lab.cni(agent, "ADD", c) for c in cs[:4]]
+    assert all(r.rc == 0 for r in added) and {r.ip for r in added} == {f"10.244.0.{i}" for i in range(3, 7)}
     status = lab.cni(agent, "STATUS")
     assert status.rc == 1 and status.out["code"] == 50 and "in use" in status.out["msg"], status.raw
-    full = lab.cni(agent, "ADD", cs[5])
+    full = lab.cni(agent, "ADD", cs[4])
     assert full.rc == 1 and full.out["code"] == 101, full.raw
-    assert "eth0" not in sh("ip", "-n", cs[5], "link").stdout
+    assert "eth0" not in sh("ip", "-n", cs[4], "link").stdout
     assert lab.cni(agent, "DEL", cs[0]).rc == 0
     # Ready again once the old interface is gone and its address back in the pool.
     wait_for("STATUS ready", lambda: lab.cni(agent, "STATUS").rc == 0)
-    again = lab.cni(agent, "ADD", cs[5])
+    again = lab.cni(agent, "ADD", cs[4])
     assert again.rc == 0 and again.ip == added[0].ip
 
 

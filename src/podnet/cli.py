@@ -166,20 +166,33 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
     if args.file and args.cluster:
         raise UsageError("give either -c NAME (a running cluster) or -f FILE (a plan), not both")
-    if args.verify and args.file:
-        raise UsageError("--verify sends real packets: it needs a running cluster (-c NAME), not a file")
-    result, tracer = usecases.trace(
-        args.src, args.dst, args.proto, args.port, cluster=None if args.file else args.cluster, file=args.file
+    result = usecases.trace(
+        args.src,
+        args.dst,
+        args.proto,
+        args.port,
+        cluster=None if args.file else args.cluster,
+        file=args.file,
+        verify=args.verify,
+        cold=args.cold,
     )
-    if args.verify:
-        from podnet.trace.verify import verify
-
-        verify(result, tracer, cold=args.cold)
     if args.output == "json":
         _json(result.to_json())
     else:
         render(result, out, verbose=args.verbose)
     return 1 if result.verified is False else 0
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from podnet import probe
+
+    name = usecases.resolve_cluster(args.cluster)
+    m = probe.probe(name, args.port, args.proto.upper(), args.sources, args.targets, args.model, args.timeout)
+    if args.output == "json":
+        _json(m.to_json())
+    else:
+        probe.render(m, out)
+    return 1 if m.disagreements else 0
 
 
 def cmd_netexec_daemon(args: argparse.Namespace) -> int:
@@ -279,6 +292,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="every route candidate and note")
     p.add_argument("-o", "--output", choices=["table", "json"], default="table")
     p.set_defaults(func=cmd_trace)
+
+    p = sub.add_parser("probe", help="probe every pod pair for real and print the reachability matrix")
+    common(p)
+    p.add_argument("--port", type=int, default=80, help="destination port (default 80)")
+    p.add_argument("--proto", choices=["tcp", "udp"], default="tcp", help="protocol (default tcp)")
+    p.add_argument("--from", dest="sources", metavar="SELECTOR", help="source pods: NS/POD (wildcards), key=value, ...")
+    p.add_argument("--to", dest="targets", metavar="SELECTOR", help="destination pods, as --from")
+    p.add_argument("--model", action="store_true", help="compare with the policies; exit 1 when a cell disagrees")
+    p.add_argument("--timeout", type=float, default=1.5, help="seconds a denied probe is waited for (default 1.5)")
+    p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("netexec-daemon", help=argparse.SUPPRESS)
     p.add_argument("--cluster", required=True)

@@ -296,29 +296,47 @@ def trace(
     port: int | None = None,
     cluster: str | None = None,
     file: str | None = None,
-):
+    verify: bool = False,
+    cold: bool = False,
+):  # noqa: ANN201 - returns a TraceResult
     """Trace a packet through the planned state of FILE, or the observed state of a running cluster.
 
-    With a running cluster, what the kernel holds is compared with the plan first: the
-    differences are reported as drift at the top of the trace.
+    With a running cluster, what the kernel holds is compared with the plan first and the
+    differences are reported as drift. ``verify`` sends the packet for real: it checks the
+    path the plan intends, so on a drifted cluster it fails at the hop where reality departs
+    from the plan (and the trace of the kernel as it is says what happens there instead).
     """
     from podnet.trace import Tracer
     from podnet.trace.walk import TraceError
 
     if file is not None:
+        if verify:
+            raise UsageError("--verify sends real packets: it needs a running cluster (-c NAME), not a file")
         spec = load_file(file)
         p = plan(spec, _previous_allocations(spec.cluster.name))
-        tracer = Tracer(p.state, p.topology, p.state, p.dns_config, mode="planned")
+        tracers = [Tracer(p.state, p.topology, p.state, p.dns_config, mode="planned")]
         drift: list[str] = []
     else:
         name = resolve_cluster(cluster)
         _, p = load_applied(name)
         observed, extra = observe_cluster(name, p.state)
-        drift = [c.describe() for c in diff(p.state, observed, extra) if c.op not in ("start_process", "reload_process")]
-        tracer = Tracer(observed, p.topology, p.state, p.dns_config, mode="observed")
+        drift = [c.describe() for c in diff(p.state, observed, extra)]
+        tracers = [Tracer(observed, p.topology, p.state, p.dns_config, mode="observed")]
+        if verify and drift:
+            tracers.append(Tracer(p.state, p.topology, p.state, p.dns_config, mode="planned"))
     try:
-        result = tracer.trace(src, dst, proto, port)
+        results = [t.trace(src, dst, proto, port) for t in tracers]
     except TraceError as exc:
         raise UsageError(str(exc)) from None
-    result.drift = sorted(set(result.drift) | set(drift))
-    return result, tracer
+    result = results[-1]
+    result.drift = sorted(set(result.drift) | set(drift) | {d for r in results for d in r.drift})
+    if len(results) > 1:
+        now = results[0]
+        result.notes.append(
+            f"the kernel as it is now: {now.verdict} ({now.reason}); verifying the planned path"
+        )
+    if verify:
+        from podnet.trace.verify import verify as run_verify
+
+        run_verify(result, tracers[-1], cold=cold)
+    return result

@@ -35,9 +35,9 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from pyroute2 import IPRoute
@@ -52,6 +52,7 @@ from podnet.cni.shim import (
     IFNAME_IN_USE,
     INTERNAL,
     INVALID_CONFIG,
+    INVALID_ENVIRONMENT,
     NOT_AVAILABLE,
     POOL_EXHAUSTED,
     SPEC_VERSION,
@@ -83,6 +84,54 @@ def host_veth_mac(host_if: str) -> str:
     """A stable, locally administered unicast MAC for the host end."""
     digest = hashlib.sha256(host_if.encode()).digest()
     return "0e:" + ":".join(f"{b:02x}" for b in digest[:5])
+
+
+class _GcLock:
+    """Any number of ADD/DEL/CHECK at once, or one GC alone: a GC must not take an attachment
+    for stale while its ADD is still being made."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._shared = 0
+        self._exclusive = False
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            while self._exclusive:
+                self._cond.wait()
+            self._shared += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._shared -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            while self._exclusive:
+                self._cond.wait()
+            self._exclusive = True
+            while self._shared:
+                self._cond.wait()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
+
+
+@contextmanager
+def host_ipr() -> Iterator[IPRoute]:
+    """A pyroute2 socket in the agent's namespace for one request (IPRoute is not thread-safe)."""
+    ipr = IPRoute()
+    try:
+        yield ipr
+    finally:
+        ipr.close()
 
 
 class Reaper:
@@ -133,10 +182,16 @@ class Reaper:
                         return
                     batch = dict(self._pending)
                 # Every link in the batch is in the group already: one message deletes them all.
-                code = rtnl.request([netlink.delete_group_message(RETIRED_GROUP)])[0]
-                if code not in (0, errno.ENODEV):
-                    log.warning("deleting retired links failed: %s; deleting one by one", os.strerror(code))
-                    rtnl.request([netlink.delete_link_message(name) for name in batch])
+                try:
+                    code = rtnl.request([netlink.delete_group_message(RETIRED_GROUP)])[0]
+                    if code not in (0, errno.ENODEV):
+                        log.warning("deleting retired links failed: %s; deleting one by one", os.strerror(code))
+                        rtnl.request([netlink.delete_link_message(name) for name in batch])
+                except OSError as exc:  # keep the batch pending, try again shortly
+                    log.warning("deleting retired links failed: %s", exc)
+                    with self._cond:
+                        self._cond.wait(1.0)
+                    continue
                 with self._cond:
                     for name in batch:
                         if self._pending.get(name, "") == batch[name]:
@@ -160,13 +215,15 @@ class Agent:
         # Blocks and underlay addresses stay what they were when the file grows.
         self.cfg = node.load(config_file, node_name, previous) if previous else previous_cfg
         alloc_file.write_text(json.dumps(self.cfg.allocations, indent=1, sort_keys=True))
-        self.ipam = Ipam(self.state_dir / "ipam.db", pool_of(self.cfg.block, self.cfg.gateway))
+        pool = [ip for ip in pool_of(self.cfg.block, self.cfg.gateway) if ip not in self.cfg.reserved]
+        self.ipam = Ipam(self.state_dir / "ipam.db", pool)
         self.reaper = Reaper(self.ipam)
         self.session = node.HostSession()
         self.ready = False
         self.ready_error = "the node is not set up yet"
         self._server: socket.socket | None = None
         self._stopping = threading.Event()
+        self._gc = _GcLock()
 
     # --- the node -----------------------------------------------------------------------------
 
@@ -194,11 +251,10 @@ class Agent:
         bridge = self.session.ipr.link_lookup(ifname=node.BRIDGE)
         if not bridge:
             return
+        owned = {a.host_if for a in self.ipam.all()}
         for msg in self.session.ipr.get_links():
-            name = msg.get_attr("IFLA_IFNAME")
-            if name.startswith("veth") and msg.get_attr("IFLA_MASTER") != bridge[0]:
-                if any(a.host_if == name for a in self.ipam.all()):
-                    self.session.ipr.link("set", index=msg["index"], master=bridge[0], state="up")
+            if msg.get_attr("IFLA_IFNAME") in owned and msg.get_attr("IFLA_MASTER") != bridge[0]:
+                self.session.ipr.link("set", index=msg["index"], master=bridge[0], state="up")
 
     # --- verbs ------------------------------------------------------------------------------
 
@@ -212,8 +268,7 @@ class Agent:
             if conf.get("cniVersion") in SUPPORTED_VERSIONS:
                 version = conf["cniVersion"]
             command = request["command"]
-            check_config(conf, command)  # the shim checked it; a direct caller may not have
-            verb: Callable[[dict, dict, str], bytes] = {
+            verb: Callable[[dict, dict, str], bytes] | None = {
                 "ADD": self.add,
                 "DEL": self.delete,
                 "CHECK": self.check,
@@ -222,7 +277,9 @@ class Agent:
             }.get(command)
             if verb is None:
                 raise CniError(INVALID_CONFIG, f"podnet agent does not serve {command!r}")
-            return b"0" + verb(request, conf, version)
+            check_config(conf, command)  # the shim checked it; a direct caller may not have
+            with self._gc.exclusive() if command == "GC" else self._gc.shared():
+                return b"0" + verb(request, conf, version)
         except CniError as exc:
             return b"1" + error_message(exc, version)
         except Exception as exc:
@@ -233,8 +290,12 @@ class Agent:
         netns_path = req["netns"]
         if not os.path.exists(netns_path):
             raise CniError(UNKNOWN_CONTAINER, f"no network namespace at {netns_path}")
+        if not netlink.is_namespace(netns_path):
+            raise CniError(INVALID_ENVIRONMENT, f"CNI_NETNS {netns_path} is not a network namespace")
         if netlink.same_namespace(netns_path):
-            raise CniError(INVALID_CONFIG, f"{netns_path} is the node's own namespace, not a container's")
+            raise CniError(
+                INVALID_ENVIRONMENT, f"CNI_NETNS {netns_path} is the node's own namespace, not a container's"
+            )
         key = (conf["name"], req["containerID"], req["ifname"])
         host_if = host_veth_name(req["containerID"], req["ifname"])
         try:
@@ -387,16 +448,17 @@ class Agent:
                             out.append(f"route {route['dst']} via {route['gw']} is missing")
         finally:
             ipr.close()
-        host = self.session.ipr.link_lookup(ifname=att.host_if)
-        bridge = self.session.ipr.link_lookup(ifname=node.BRIDGE)
-        if not host:
-            out.append(f"host end {att.host_if} is missing")
-        else:
-            msg = self.session.ipr.get_links(host[0])[0]
-            if not msg["flags"] & 1:
-                out.append(f"host end {att.host_if} is down")
-            if not bridge or msg.get_attr("IFLA_MASTER") != bridge[0]:
-                out.append(f"host end {att.host_if} is not on {node.BRIDGE}")
+        with host_ipr() as ipr:
+            host = ipr.link_lookup(ifname=att.host_if)
+            bridge = ipr.link_lookup(ifname=node.BRIDGE)
+            if not host:
+                out.append(f"host end {att.host_if} is missing")
+            else:
+                msg = ipr.get_links(host[0])[0]
+                if not msg["flags"] & 1:
+                    out.append(f"host end {att.host_if} is down")
+                if not bridge or msg.get_attr("IFLA_MASTER") != bridge[0]:
+                    out.append(f"host end {att.host_if} is not on {node.BRIDGE}")
         return out
 
     def gc(self, req: dict, conf: dict, version: str) -> bytes:
@@ -419,10 +481,12 @@ class Agent:
             else:
                 self.ipam.unhold([att.ip])
         owned = {a.host_if for a in self.ipam.all()}
-        bridge = self.session.ipr.link_lookup(ifname=node.BRIDGE)
         orphans = []
+        with host_ipr() as ipr:
+            bridge = ipr.link_lookup(ifname=node.BRIDGE)
+            links = list(ipr.get_links()) if bridge else []
         if bridge:
-            for msg in self.session.ipr.get_links():
+            for msg in links:
                 name = msg.get_attr("IFLA_IFNAME")
                 if (
                     msg.get_attr("IFLA_MASTER") == bridge[0]
@@ -454,8 +518,11 @@ class Agent:
 
     def listen(self) -> socket.socket:
         path = Path(self.socket_path)
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(path.parent, 0o700)
+        if not path.parent.exists():
+            path.parent.mkdir(parents=True, mode=0o700)
+        elif path.parent.stat().st_mode & 0o077:
+            # Not ours to chmod (it may be /tmp); the socket itself is 0600, so still root-only.
+            log.warning("%s is open to others: podnet's default socket directory is 0700", path.parent)
         if path.exists() or path.is_symlink():
             probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
@@ -500,18 +567,18 @@ class Agent:
 
     def _serve_one(self, conn: socket.socket) -> None:
         try:
-            pid, uid, gid = SO_PEERCRED_FMT.unpack(
+            _pid, uid, _gid = SO_PEERCRED_FMT.unpack(
                 conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, SO_PEERCRED_FMT.size)
             )
-            if uid != 0:
-                conn.sendall(b"1" + error_message(CniError(INTERNAL, "podnet agent serves root only")))
-                return
-            data = bytearray()
+            data = bytearray()  # read first: answering before would reset the connection
             while len(data) <= MAX_REQUEST:
                 chunk = conn.recv(65536)
                 if not chunk:
                     break
                 data += chunk
+            if uid != 0:
+                conn.sendall(b"1" + error_message(CniError(INTERNAL, "podnet agent serves root only")))
+                return
             try:
                 if len(data) > MAX_REQUEST:
                     raise ValueError(f"more than {MAX_REQUEST} bytes")

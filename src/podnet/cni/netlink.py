@@ -92,6 +92,14 @@ def entered(path: str) -> Iterator[None]:
         os.close(origin)
 
 
+def is_namespace(path: str) -> bool:
+    """True when ``path`` is a namespace file (on nsfs, like this thread's own)."""
+    try:
+        return os.stat(path).st_dev == os.stat("/proc/thread-self/ns/net").st_dev
+    except OSError:
+        return False
+
+
 def same_namespace(path: str) -> bool:
     """True when ``path`` is the namespace this thread is in (a runtime must never hand us that)."""
     here = os.stat("/proc/thread-self/ns/net")

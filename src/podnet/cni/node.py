@@ -4,7 +4,8 @@ The cluster file says it, exactly as for ``podnet up``: ``plan`` gives every nod
 block and underlay address, and the node's namespace its bridge ``cni0`` (gateway address of
 the block), the backend's routes to the other nodes' blocks (host-gw: via their underlay
 addresses; vxlan: ``vxlan0`` with its neighbour and FDB entries), ``ip_forward`` and the
-nftables table ``ip podnet`` (egress masquerade). The agent takes that part of the planned
+nftables table ``ip podnet`` (egress masquerade, rendered by ``plan.nat`` for a node without
+Services). The agent takes that part of the planned
 node namespace and leaves out what belongs to the host: its uplink, its addresses, its routes
 to the underlay, its loopback. Host-gw routes leave by whichever interface holds the node's
 underlay address (``eth0`` in the plan).
@@ -19,6 +20,7 @@ import ipaddress
 import json
 import os
 import subprocess
+from contextlib import suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -29,7 +31,7 @@ from podnet.kernel import nft
 from podnet.kernel.apply import apply
 from podnet.kernel.netlink import Session, Sessions
 from podnet.kernel.observe import _observe_one
-from podnet.plan import plan
+from podnet.plan import nat, plan
 from podnet.plan.backends import VXLAN_IF
 from podnet.plan.cluster import BRIDGE
 from podnet.plan.topology import NodeInfo
@@ -52,6 +54,7 @@ class NodeConfig:
     mtu: int  # of the pod network
     desired: NetnsState
     allocations: dict
+    reserved: frozenset[str] = frozenset()  # addresses the plan gives the file's pods on this node
 
     @property
     def block(self) -> str:
@@ -84,9 +87,13 @@ def load(config_file: str, node_name: str, previous: dict | None = None) -> Node
     want.neighbours = {n for n in planned.neighbours if n.ifname in OWNED_LINKS}
     want.fdb = {f for f in planned.fdb if f.ifname in OWNED_LINKS}
     want.sysctls = {k: v for k, v in planned.sysctls.items() if k in OWNED_SYSCTLS}
-    want.nft = planned.nft
+    # The node's table as the planner renders it for a node without pods or services: egress
+    # masquerade. Services and cluster DNS are `podnet up`'s; under a runtime, pods are the
+    # runtime's containers, and the file's own pods (the planned CoreDNS one too) do not exist.
+    want.nft = nat.node_table(node, [], [], pod_cidr, str(spec.cluster.service_cidr))
+    reserved = frozenset(pod.ip for pod in p.topology.pods.values() if pod.node == node_name)
     return NodeConfig(
-        spec.cluster.name, node, spec.cluster.backend, pod_cidr, p.topology.mtu, want, dict(p.allocations)
+        spec.cluster.name, node, spec.cluster.backend, pod_cidr, p.topology.mtu, want, dict(p.allocations), reserved
     )
 
 
@@ -138,10 +145,8 @@ def observe(session: HostSession, cfg: NodeConfig) -> tuple[NetnsState, str]:
     have.neighbours = {n for n in ns.neighbours if n.ifname in OWNED_LINKS}
     have.fdb = {f for f in ns.fdb if f.ifname in OWNED_LINKS}
     for key in cfg.desired.sysctls:
-        try:
+        with suppress(OSError):
             have.sysctls[key] = Path("/proc/sys", *key.split(".")).read_text().strip()
-        except OSError:
-            pass
     return have, uplink
 
 
@@ -200,14 +205,3 @@ def load_nft(want, have) -> None:
     proc = subprocess.run(["nft", "-f", "-"], input=nft.script(want, have), capture_output=True, text=True)
     if proc.returncode != 0:
         raise KernelError(f"nft refused the update of table {want.family} {want.name}: {proc.stderr.strip()}")
-
-
-def remove(session: HostSession, cfg: NodeConfig) -> None:
-    """Undo :func:`sync`: the bridge, the VXLAN device (their routes go with them), the table."""
-    for name in OWNED_LINKS:
-        try:
-            session.ipr.link("del", ifname=name)
-        except Exception:
-            pass
-    if cfg.desired.nft is not None:
-        subprocess.run(["nft", "delete", "table", cfg.desired.nft.family, cfg.desired.nft.name], capture_output=True)

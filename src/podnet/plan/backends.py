@@ -62,5 +62,9 @@ def vxlan(state: State, topo: Topology, vni: int, port: int) -> None:
             ns.fdb.add(Fdb(VXLAN_IF, vtep_mac(other), other.underlay_ip))
 
 
-BACKENDS: dict[str, Callable[[State, Topology, int, int], None]] = {"host-gw": host_gw, "vxlan": vxlan}
-OVERHEAD: dict[str, int] = {"host-gw": 0, "vxlan": VXLAN_OVERHEAD}
+def bgp(state: State, topo: Topology, vni: int, port: int) -> None:
+    """No route for any pod block: BIRD announces and installs them (``plan.bgp``)."""
+
+
+BACKENDS: dict[str, Callable[[State, Topology, int, int], None]] = {"host-gw": host_gw, "vxlan": vxlan, "bgp": bgp}
+OVERHEAD: dict[str, int] = {"host-gw": 0, "vxlan": VXLAN_OVERHEAD, "bgp": 0}

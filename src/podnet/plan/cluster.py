@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from podnet import names
 from podnet.errors import SpecError
-from podnet.plan import backends, dns, nat, underlay
+from podnet.plan import backends, bgp, dns, nat, policy, underlay
 from podnet.plan.ipam import Allocations, Exhausted, allocate, hosts
 from podnet.plan.services import plan_services
 from podnet.plan.system import DNS_POD, with_system_objects
@@ -29,6 +29,7 @@ class Plan:
     allocations: Allocations
     netexec_config: dict
     dns_config: dict | None = None
+    bgp: bgp.BgpPlan | None = None  # backend bgp: speakers, sessions, BIRD configs
 
 
 def _ip_key(ip: str) -> tuple[int, ...]:
@@ -53,15 +54,16 @@ def plan(spec: Spec, previous: Allocations | None = None) -> Plan:
     _plan_underlay(spec, topo, previous, allocations)
     _plan_pods(spec, topo, previous, allocations)
     plan_services(spec, topo, previous, allocations)
+    topo.policies = policy.compile_policies(spec, topo)
 
     state = State()
-    underlay.build(state, topo, c.underlay_mtu)
+    underlay.build(state, topo, c.underlay_mtu, routed_by_bgp=c.backend == "bgp")
     _build_pods(state, topo)
     backends.BACKENDS[c.backend](state, topo, c.vni, c.vxlan_port)
     for node in topo.nodes.values():
         members = [p for p in topo.pods.values() if p.node == node.name]
         state.ns(node.netns).nft = nat.node_table(
-            node, members, list(topo.services.values()), str(c.pod_cidr), str(c.service_cidr)
+            node, members, list(topo.services.values()), str(c.pod_cidr), str(c.service_cidr), topo.policies
         )
 
     netexec_config = _netexec_config(topo)
@@ -76,7 +78,8 @@ def plan(spec: Spec, previous: Allocations | None = None) -> Plan:
         for pod in topo.pods.values():
             if pod.key != DNS_POD:
                 state.ns(pod.netns).resolv_conf = dns.resolv_conf(pod.namespace, c.dns_domain, vip)
-    return Plan(state, topo, allocations, netexec_config, dns_config)
+    bgp_plan = bgp.plan_bgp(spec, topo, state, previous, allocations) if c.backend == "bgp" else None
+    return Plan(state, topo, allocations, netexec_config, dns_config, bgp_plan)
 
 
 def _dns_config(spec: Spec, topo: Topology) -> dict:

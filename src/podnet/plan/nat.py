@@ -17,6 +17,7 @@ Shaped after kube-proxy's nftables mode, for load time that grows linearly with 
 
 from __future__ import annotations
 
+from podnet.plan import policy
 from podnet.plan.topology import LOCAL_OFFSET, NodeInfo, PodInfo, ServiceInfo, ServicePortInfo
 from podnet.state import NftChain, NftRule, NftSet, NftTable
 
@@ -34,7 +35,12 @@ def chain_name(kind: str, svc: ServiceInfo, port: ServicePortInfo, endpoint_ip: 
 
 
 def node_table(
-    node: NodeInfo, pods: list[PodInfo], services: list[ServiceInfo], pod_cidr: str, service_cidr: str
+    node: NodeInfo,
+    pods: list[PodInfo],
+    services: list[ServiceInfo],
+    pod_cidr: str,
+    service_cidr: str,
+    policies: policy.PolicySet | None = None,
 ) -> NftTable:
     t = _Builder()
     host_ports = _host_port_rules(node, pods)
@@ -84,6 +90,7 @@ def node_table(
             continue  # headless: DNS only
         for port in svc.ports:
             _service_port(t, node, svc, port)
+    policy.add_to_table(t, node, pods, policies)  # NetworkPolicy: its own chains, maps and sets
     return t.build()
 
 

@@ -7,8 +7,12 @@ The State says what each namespace contains; the Topology says what each namespa
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 from podnet.spec.models import Port
+
+if TYPE_CHECKING:
+    from podnet.plan.policy import PolicySet
 
 
 @dataclass(frozen=True)
@@ -132,6 +136,7 @@ class Topology:
     hosts: dict[str, HostInfo] = field(default_factory=dict)
     pods: dict[str, PodInfo] = field(default_factory=dict)  # key "ns/name"
     services: dict[str, ServiceInfo] = field(default_factory=dict)  # key "ns/name"
+    policies: PolicySet | None = None  # NetworkPolicies and whom they select: plan.policy.verdict reads it
 
     def kind_of(self, netns: str) -> tuple[str, str]:
         """(kind, name the user knows) for one of this cluster's namespaces."""

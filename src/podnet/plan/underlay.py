@@ -31,7 +31,9 @@ def _plug(state: State, topo: Topology, subnet: str, netns: str, ifname: str, ma
     state.ns(netns).add_link(Link(ifname, "veth", mac=mac, mtu=mtu, peer_netns=info.switch_netns, peer_name=port))
 
 
-def build(state: State, topo: Topology, mtu: int) -> None:
+def build(state: State, topo: Topology, mtu: int, routed_by_bgp: bool = False) -> None:
+    """``routed_by_bgp``: BIRD routes between the subnets (backend bgp), so nodes and routers get
+    no static route; only the edge keeps its gateway of last resort, which it announces."""
     for subnet in topo.subnets.values():
         sw = state.ns(subnet.switch_netns)
         sw.sysctls["net.ipv4.ip_forward"] = "0"  # a switch bridges; it never routes
@@ -50,7 +52,7 @@ def build(state: State, topo: Topology, mtu: int) -> None:
             _plug(state, topo, iface.subnet, router.netns, iface.ifname, iface.mac, mtu)
             ns.addresses.add(Address(iface.ifname, f"{iface.ip}/{iface.prefix}"))
         for subnet in topo.subnets.values():
-            if subnet.external:
+            if subnet.external or routed_by_bgp:
                 continue
             hops = g.router_next_hops(router.name, subnet.name)
             if hops:
@@ -58,7 +60,7 @@ def build(state: State, topo: Topology, mtu: int) -> None:
         if router.uplink is not None:
             # The gateway of last resort: anything not known inside goes out to the internet segment.
             ns.add_route(Route("0.0.0.0/0", (NextHop(None, router.uplink),)))
-        elif external is not None:
+        elif external is not None and not routed_by_bgp:
             hops = g.router_next_hops(router.name, external)
             if hops:
                 ns.add_route(Route("0.0.0.0/0", tuple(NextHop(gw, dev) for gw, dev in hops)))
@@ -70,6 +72,8 @@ def build(state: State, topo: Topology, mtu: int) -> None:
         ns.sysctls.update(L4_HASH)
         _plug(state, topo, node.subnet, node.netns, UNDERLAY_IF, names.mac_for_ip(node.underlay_ip), mtu)
         ns.addresses.add(Address(UNDERLAY_IF, f"{node.underlay_ip}/{node.underlay_prefix}"))
+        if routed_by_bgp:
+            continue
         for subnet in topo.subnets.values():
             if subnet.external or subnet.name == node.subnet:
                 continue

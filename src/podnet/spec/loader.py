@@ -10,6 +10,7 @@ import yaml
 from pydantic import ValidationError
 
 from podnet.errors import SpecError
+from podnet.spec import fabric
 from podnet.spec.models import (
     KINDS,
     AffinityConfig,
@@ -17,19 +18,29 @@ from podnet.spec.models import (
     ClusterSpec,
     ExternalSpec,
     HostSpec,
+    IPBlock,
+    LabelSelector,
+    LabelSelectorDoc,
     Namespace,
     NamespaceDoc,
+    NetworkPolicy,
+    NetworkPolicyDoc,
     Pod,
     PodDoc,
+    PolicyPeer,
+    PolicyPeerDoc,
+    PolicyPort,
+    PolicyRule,
     Port,
     RouterSpec,
+    SelectorRequirement,
     Service,
     ServiceDoc,
     ServicePort,
     Spec,
     SubnetSpec,
 )
-from podnet.spec.validate import subnets_of, validate, validate_services
+from podnet.spec.validate import LOG_DROPS_ANNOTATION, subnets_of, validate, validate_policies, validate_services
 from podnet.spec.yamlpos import Document, DuplicateKey, Path, compose_documents
 
 
@@ -73,7 +84,8 @@ def _allowed_fields(model: type, path: Path) -> list[str]:
     for part in path:
         if isinstance(part, int):
             continue
-        info = getattr(cur, "model_fields", {}).get(part)
+        fields = getattr(cur, "model_fields", {})
+        info = fields.get(part) or next((f for f in fields.values() if f.alias == part), None)
         if info is None:
             return []
         ann = info.annotation
@@ -85,7 +97,7 @@ def _allowed_fields(model: type, path: Path) -> list[str]:
         if nxt is None:
             return []
         cur = nxt
-    return sorted(getattr(cur, "model_fields", {}))
+    return sorted(info.alias or name for name, info in getattr(cur, "model_fields", {}).items())
 
 
 def load_text(text: str, file: str = "<string>") -> Spec:
@@ -104,6 +116,7 @@ def load_text(text: str, file: str = "<string>") -> Spec:
     namespaces: list[tuple[Document, NamespaceDoc]] = []
     pods: list[tuple[Document, PodDoc]] = []
     services: list[tuple[Document, ServiceDoc]] = []
+    policies: list[tuple[Document, NetworkPolicyDoc]] = []
     for doc in docs:
         if not isinstance(doc.data, dict):
             raise SpecError(file, doc.line, "", "each document must be a mapping with apiVersion and kind")
@@ -128,11 +141,15 @@ def load_text(text: str, file: str = "<string>") -> Spec:
             pods.append((doc, obj))
         elif isinstance(obj, ServiceDoc):
             services.append((doc, obj))
+        elif isinstance(obj, NetworkPolicyDoc):
+            policies.append((doc, obj))
     if cluster is None:
         raise SpecError(file, None, "kind", "no Cluster document (expected one with apiVersion: podnet.io/v1alpha1)")
 
+    cluster = (cluster[0], fabric.expand(file, *cluster))  # a leaf-spine fabric becomes subnets and routers
     validate(file, cluster, namespaces, pods)
     validate_services(file, cluster, namespaces, services)
+    validate_policies(file, namespaces, policies)
     spec = _to_spec(file, cluster[1], namespaces, pods)
     for doc, svc in services:
         body = svc.spec
@@ -158,6 +175,7 @@ def load_text(text: str, file: str = "<string>") -> Spec:
                 line=doc.line,
             )
         )
+    spec.policies = [_policy(doc, pol) for doc, pol in policies]
     return spec
 
 
@@ -198,6 +216,8 @@ def _to_spec(
             dns_enabled=body.dns.enabled,
             dns_domain=body.dns.domain,
             dns_upstreams=list(body.dns.upstreams),
+            fabric=body.underlay.fabric,
+            bgp=fabric.resolve(cluster) if body.backend == "bgp" else None,
         ),
     )
     for implicit in ("default", "kube-system"):  # as in every Kubernetes cluster
@@ -221,3 +241,51 @@ def _to_spec(
             )
         )
     return spec
+
+
+def _selector(sel: LabelSelectorDoc) -> LabelSelector:
+    return LabelSelector(
+        tuple(sorted(sel.matchLabels.items())),
+        tuple(SelectorRequirement(r.key, r.operator, tuple(sorted(set(r.values)))) for r in sel.matchExpressions),
+    )
+
+
+def _peers(peers: list[PolicyPeerDoc] | None) -> tuple[PolicyPeer, ...]:
+    return tuple(
+        PolicyPeer(
+            _selector(p.podSelector) if p.podSelector is not None else None,
+            _selector(p.namespaceSelector) if p.namespaceSelector is not None else None,
+            IPBlock(
+                str(ipaddress.IPv4Network(p.ipBlock.cidr, strict=False)),
+                tuple(str(ipaddress.IPv4Network(e, strict=False)) for e in p.ipBlock.except_),
+            )
+            if p.ipBlock is not None
+            else None,
+        )
+        for p in peers or []
+    )
+
+
+def _policy(doc: Document, pol: NetworkPolicyDoc) -> NetworkPolicy:
+    """A NetworkPolicy as Kubernetes reads it: policyTypes defaulted, numeric strings as numbers."""
+    body = pol.spec
+    types = body.policyTypes
+    if types is None:  # Ingress always; Egress when the policy has egress rules
+        types = ["Ingress", *(["Egress"] if body.egress else [])]
+
+    def ports(rule) -> tuple[PolicyPort, ...]:
+        return tuple(
+            PolicyPort(p.protocol, int(p.port) if isinstance(p.port, str) and p.port.isdigit() else p.port, p.endPort)
+            for p in rule.ports or []
+        )
+
+    return NetworkPolicy(
+        namespace=pol.metadata.namespace or "default",
+        name=pol.metadata.name,
+        pod_selector=_selector(body.podSelector),
+        types=tuple(t for t in ("Ingress", "Egress") if t in types),
+        ingress=tuple(PolicyRule(_peers(r.from_), ports(r)) for r in body.ingress or []),
+        egress=tuple(PolicyRule(_peers(r.to), ports(r)) for r in body.egress or []),
+        log_drops=pol.metadata.annotations.get(LOG_DROPS_ANNOTATION) == "true",
+        line=doc.line,
+    )

@@ -69,12 +69,28 @@ class Router(Strict):
     _check_name = field_validator("name")(check_label)
 
 
+class Fabric(Strict):
+    """A leaf-spine fabric podnet lays out (RFC 7938): see podnet.spec.fabric and docs/bgp.md."""
+
+    spines: int = Field(ge=1, le=64)
+    leaves: int = Field(ge=1, le=512)
+    rackCIDR: str = "172.31.0.0/16"  # one block of rackMaskSize per leaf, for its nodes
+    rackMaskSize: int = Field(24, ge=8, le=29)
+    linkCIDR: str = "172.30.0.0/16"  # one /31 per leaf-spine link
+    spineASN: int = Field(65000, ge=1, le=4294967294)  # shared by every spine
+    leafASN: int = Field(65001, ge=1, le=4294967294)  # leaf-N gets leafASN + N - 1
+    border: str | None = None  # the leaf leading to spec.external (default: leaf-1)
+
+    _check_cidrs = field_validator("rackCIDR", "linkCIDR")(check_cidr)
+
+
 class Underlay(Strict):
-    """One L2 segment (``cidr``) or several (``subnets``) joined by ``routers``."""
+    """One L2 segment (``cidr``) or several (``subnets``) joined by ``routers``, or a ``fabric``."""
 
     cidr: str | None = None
     subnets: list[Subnet] | None = None
     routers: list[Router] = Field(default_factory=list)
+    fabric: Fabric | None = None
     mtu: int = Field(1500, ge=1280, le=9000)
 
     @field_validator("cidr")
@@ -86,6 +102,7 @@ class Underlay(Strict):
 class Node(Strict):
     name: str
     subnet: str | None = None
+    leaf: str | None = None  # with underlay.fabric: the leaf the node is attached to
 
     _check_name = field_validator("name")(check_label)
 
@@ -126,11 +143,24 @@ class DnsConfig(Strict):
         return value
 
 
+class Bgp(Strict):
+    """backend: bgp. Defaults and the ASN plan: podnet.spec.fabric and docs/bgp.md."""
+
+    mode: Literal["fabric", "full-mesh"] | None = None  # default: fabric with routers, else full-mesh
+    nodeASN: int = Field(64512, ge=1, le=4294967294)  # full-mesh: every node's; fabric: the first node's
+    routerASN: int = Field(65000, ge=1, le=4294967294)  # routers of underlay.routers: the first one's
+    holdTime: int = Field(3, ge=3, le=65535)  # seconds; keepalives every third of it
+    bfd: bool = True
+    bfdInterval: int = Field(100, ge=10, le=10000)  # milliseconds
+    bfdMultiplier: int = Field(3, ge=1, le=255)
+
+
 class ClusterBody(Strict):
     podCIDR: str = "10.244.0.0/16"
     nodeCIDRMaskSize: int = Field(24, ge=8, le=30)
     serviceCIDR: str = "10.96.0.0/12"
-    backend: Literal["host-gw", "vxlan"] = "host-gw"
+    backend: Literal["host-gw", "vxlan", "bgp"] = "host-gw"
+    bgp: Bgp | None = None
     vxlan: Vxlan = Field(default_factory=Vxlan)
     underlay: Underlay = Field(default_factory=Underlay)
     nodes: list[Node] = Field(min_length=1)
@@ -231,11 +261,64 @@ class ServiceDoc(Strict):
     spec: ServiceBody
 
 
+class SelectorRequirementDoc(Strict):
+    key: str
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: list[str] = Field(default_factory=list)
+
+
+class LabelSelectorDoc(Strict):
+    matchLabels: dict[str, str] = Field(default_factory=dict)
+    matchExpressions: list[SelectorRequirementDoc] = Field(default_factory=list)
+
+
+class IPBlockDoc(Strict):
+    cidr: str
+    except_: list[str] = Field(default_factory=list, alias="except")
+
+
+class PolicyPeerDoc(Strict):
+    podSelector: LabelSelectorDoc | None = None
+    namespaceSelector: LabelSelectorDoc | None = None
+    ipBlock: IPBlockDoc | None = None
+
+
+class PolicyPortDoc(Strict):
+    protocol: Literal["TCP", "UDP"] = "TCP"
+    port: int | str | None = None  # a number, or a container port's name
+    endPort: int | None = None
+
+
+class IngressRuleDoc(Strict):
+    from_: list[PolicyPeerDoc] | None = Field(None, alias="from")
+    ports: list[PolicyPortDoc] | None = None
+
+
+class EgressRuleDoc(Strict):
+    to: list[PolicyPeerDoc] | None = None
+    ports: list[PolicyPortDoc] | None = None
+
+
+class NetworkPolicyBody(Strict):
+    podSelector: LabelSelectorDoc
+    policyTypes: list[Literal["Ingress", "Egress"]] | None = None
+    ingress: list[IngressRuleDoc] | None = None
+    egress: list[EgressRuleDoc] | None = None
+
+
+class NetworkPolicyDoc(Strict):
+    apiVersion: Literal["networking.k8s.io/v1"]
+    kind: Literal["NetworkPolicy"]
+    metadata: ObjectMeta
+    spec: NetworkPolicyBody
+
+
 KINDS: dict[str, type[Strict]] = {
     "Cluster": ClusterDoc,
     "Namespace": NamespaceDoc,
     "Pod": PodDoc,
     "Service": ServiceDoc,
+    "NetworkPolicy": NetworkPolicyDoc,
 }
 
 
@@ -344,11 +427,70 @@ class ClusterSpec:
     dns_enabled: bool = True
     dns_domain: str = "cluster.local"
     dns_upstreams: list[str] = field(default_factory=list)
+    fabric: Fabric | None = None  # the leaf-spine layout the subnets and routers came from
+    bgp: Bgp | None = None  # backend bgp, mode resolved
 
     @property
     def underlay_cidr(self) -> ipaddress.IPv4Network:
         """The first segment's CIDR (the whole underlay in the one-segment form)."""
         return self.subnets[0].cidr
+
+
+@dataclass(frozen=True)
+class SelectorRequirement:
+    key: str
+    operator: str  # In | NotIn | Exists | DoesNotExist
+    values: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LabelSelector:
+    """A Kubernetes label selector; the empty one selects everything."""
+
+    match_labels: tuple[tuple[str, str], ...] = ()
+    match_expressions: tuple[SelectorRequirement, ...] = ()
+
+
+@dataclass(frozen=True)
+class IPBlock:
+    cidr: str
+    excepts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PolicyPeer:
+    pod_selector: LabelSelector | None = None
+    namespace_selector: LabelSelector | None = None
+    ip_block: IPBlock | None = None
+
+
+@dataclass(frozen=True)
+class PolicyPort:
+    protocol: str = "TCP"
+    port: int | str | None = None  # None: every port of the protocol; str: a container port's name
+    end_port: int | None = None
+
+
+@dataclass(frozen=True)
+class PolicyRule:
+    peers: tuple[PolicyPeer, ...] = ()  # empty: every peer
+    ports: tuple[PolicyPort, ...] = ()  # empty: every port
+
+
+@dataclass(frozen=True)
+class NetworkPolicy:
+    namespace: str
+    name: str
+    pod_selector: LabelSelector
+    types: tuple[str, ...]  # "Ingress" and/or "Egress", defaulted as Kubernetes does
+    ingress: tuple[PolicyRule, ...]
+    egress: tuple[PolicyRule, ...]
+    log_drops: bool  # annotation podnet.io/log-drops: "true"
+    line: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
 
 
 @dataclass
@@ -360,3 +502,4 @@ class Spec:
     namespaces: dict[str, Namespace] = field(default_factory=dict)
     pods: list[Pod] = field(default_factory=list)
     services: list[Service] = field(default_factory=list)
+    policies: list[NetworkPolicy] = field(default_factory=list)

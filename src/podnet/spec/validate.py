@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 
 from podnet.errors import SpecError
-from podnet.spec.models import ClusterBody, ClusterDoc, NamespaceDoc, PodDoc, ServiceDoc, check_label
+from podnet.spec.models import (
+    ClusterBody,
+    ClusterDoc,
+    LabelSelectorDoc,
+    NamespaceDoc,
+    NetworkPolicyDoc,
+    PodDoc,
+    ServiceDoc,
+    check_label,
+)
 from podnet.spec.yamlpos import Document
 
 
@@ -209,7 +219,7 @@ def _validate_network(cdoc: Document, body: ClusterBody, fail) -> None:
         node_subnets.add(sn)
     for name, cidr in subnets:
         net = ipaddress.IPv4Network(cidr)
-        room = max(net.num_addresses - 3, 0)
+        room = 2 if net.prefixlen == 31 else max(net.num_addresses - 3, 0)  # a /31 joins two routers (RFC 3021)
         if members[name] > room:
             path = (
                 ("spec", "underlay", "cidr")
@@ -334,3 +344,157 @@ def validate_services(
                         f"nodePort {port.nodePort}/{port.protocol} is already used by {node_ports[(port.nodePort, port.protocol)]}",
                     )
                 node_ports[(port.nodePort, port.protocol)] = key
+
+
+# --- NetworkPolicy --------------------------------------------------------------------------
+
+LOG_DROPS_ANNOTATION = "podnet.io/log-drops"
+_LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_PORT_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+
+
+def _label_key_problem(key: str) -> str | None:
+    prefix, _, name = key.rpartition("/")
+    if prefix and (len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix)):
+        return f"label key {key!r}: its prefix {prefix!r} is not a DNS subdomain"
+    if not name or len(name) > 63 or not _LABEL_NAME.match(name):
+        return (
+            f"label key {key!r} is not valid (expected [prefix/]name, the name at most 63 characters of "
+            "letters, digits, '-', '_' and '.', starting and ending with a letter or digit)"
+        )
+    return None
+
+
+def _label_value_problem(value: str) -> str | None:
+    if len(value) > 63 or not _LABEL_NAME.match(value):
+        return (
+            f"label value {value!r} is not valid (expected at most 63 characters of letters, digits, '-', '_' "
+            "and '.', starting and ending with a letter or digit)"
+        )
+    return None
+
+
+def _check_selector(sel: LabelSelectorDoc, path: tuple, fail) -> None:
+    for key, value in sel.matchLabels.items():
+        problem = _label_key_problem(key) or _label_value_problem(value)
+        if problem:
+            raise fail((*path, "matchLabels", key), problem)
+    for i, req in enumerate(sel.matchExpressions):
+        where = (*path, "matchExpressions", i)
+        problem = _label_key_problem(req.key)
+        if problem:
+            raise fail((*where, "key"), problem)
+        if req.operator in ("In", "NotIn") and not req.values:
+            raise fail((*where, "values"), f"operator {req.operator} needs at least one value")
+        if req.operator in ("Exists", "DoesNotExist") and req.values:
+            raise fail((*where, "values"), f"operator {req.operator} takes no values")
+        for j, value in enumerate(req.values):
+            problem = _label_value_problem(value)
+            if problem:
+                raise fail((*where, "values", j), problem)
+
+
+def _policy_network(text: str) -> ipaddress.IPv4Network:
+    """A CIDR of an ipBlock; host bits may be set, as Kubernetes accepts (10.0.0.1/8 is 10.0.0.0/8)."""
+    if "/" not in text:
+        raise ValueError(f"{text!r} is not a CIDR (expected e.g. 10.0.0.0/8)")
+    try:
+        return ipaddress.IPv4Network(text, strict=False)
+    except ValueError:
+        if ":" in text:
+            raise ValueError(f"{text!r} is IPv6; podnet is IPv4 only") from None
+        raise ValueError(f"{text!r} is not a valid IPv4 CIDR (expected e.g. 10.0.0.0/8)") from None
+
+
+def validate_policies(
+    file: str,
+    namespaces: list[tuple[Document, NamespaceDoc]],
+    policies: list[tuple[Document, NetworkPolicyDoc]],
+) -> None:
+    """NetworkPolicy rules Kubernetes' API server enforces, with the file, line and field of each error."""
+    declared = {"default", "kube-system"} | {ns.metadata.name for _, ns in namespaces}
+    seen: set[tuple[str, str]] = set()
+
+    for doc, pol in policies:
+
+        def fail(path: tuple, message: str, doc: Document = doc) -> SpecError:
+            field = ""
+            for part in path:
+                field += f"[{part}]" if isinstance(part, int) else (f".{part}" if field else str(part))
+            return SpecError(file, doc.line_of(path), field, message)
+
+        ns = pol.metadata.namespace or "default"
+        if ns not in declared:
+            raise fail(
+                ("metadata", "namespace"),
+                f"namespace {ns!r} is not declared (add a Namespace document, or use one of: "
+                f"{', '.join(sorted(declared))})",
+            )
+        if (ns, pol.metadata.name) in seen:
+            raise fail(("metadata", "name"), f"duplicate NetworkPolicy {ns}/{pol.metadata.name}")
+        seen.add((ns, pol.metadata.name))
+        log = pol.metadata.annotations.get(LOG_DROPS_ANNOTATION)
+        if log is not None and log not in ("true", "false"):
+            raise fail(("metadata", "annotations", LOG_DROPS_ANNOTATION), f'got {log!r}, expected "true" or "false"')
+        body = pol.spec
+        _check_selector(body.podSelector, ("spec", "podSelector"), fail)
+        types = body.policyTypes or []
+        for i, kind in enumerate(types):
+            if kind in types[:i]:
+                raise fail(("spec", "policyTypes", i), f"{kind} is listed twice")
+        for direction, field_name in (("ingress", "from"), ("egress", "to")):
+            for i, rule in enumerate(getattr(body, direction) or []):
+                peers = rule.from_ if direction == "ingress" else rule.to
+                for j, peer in enumerate(peers or []):
+                    path = ("spec", direction, i, field_name, j)
+                    if peer.podSelector is None and peer.namespaceSelector is None and peer.ipBlock is None:
+                        raise fail(path, "a peer needs podSelector, namespaceSelector or ipBlock")
+                    if peer.ipBlock is not None and (peer.podSelector or peer.namespaceSelector):
+                        raise fail(
+                            (*path, "ipBlock"),
+                            "ipBlock cannot be combined with podSelector or namespaceSelector in one peer "
+                            "(give it a peer of its own)",
+                        )
+                    for name in ("podSelector", "namespaceSelector"):
+                        sel = getattr(peer, name)
+                        if sel is not None:
+                            _check_selector(sel, (*path, name), fail)
+                    if peer.ipBlock is not None:
+                        _check_ip_block(peer.ipBlock, (*path, "ipBlock"), fail)
+                for k, port in enumerate(rule.ports or []):
+                    _check_policy_port(port, ("spec", direction, i, "ports", k), fail)
+
+
+def _check_ip_block(block, path: tuple, fail) -> None:
+    try:
+        net = _policy_network(block.cidr)
+    except ValueError as exc:
+        raise fail((*path, "cidr"), str(exc)) from None
+    for k, text in enumerate(block.except_):
+        try:
+            hole = _policy_network(text)
+        except ValueError as exc:
+            raise fail((*path, "except", k), str(exc)) from None
+        if not hole.subnet_of(net) or hole == net:
+            raise fail((*path, "except", k), f"{hole} is not strictly inside cidr {net}")
+
+
+def _check_policy_port(port, path: tuple, fail) -> None:
+    value = port.port
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if isinstance(value, int) and not 1 <= value <= 65535:
+        raise fail((*path, "port"), f"{value} is out of range (expected 1-65535 or a container port's name)")
+    if isinstance(value, str) and (
+        len(value) > 15 or not _PORT_NAME.match(value) or "--" in value or not any(c.isalpha() for c in value)
+    ):
+        raise fail(
+            (*path, "port"),
+            f"{value!r} is not a port name (expected at most 15 characters of a-z, 0-9 and '-', with a letter)",
+        )
+    if port.endPort is not None:
+        if not isinstance(value, int):
+            raise fail((*path, "endPort"), "endPort needs a numeric port to start the range")
+        if not value <= port.endPort <= 65535:
+            raise fail((*path, "endPort"), f"{port.endPort} is out of range (expected {value}-65535)")

@@ -42,6 +42,7 @@ class Hop:
     bridge: dict | None = None
     netfilter: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    choices: int | None = None  # how many endpoints a Service could pick from (the first DNAT)
     observed: bool | None = None  # filled by --verify
     captured: list[str] = field(default_factory=list)  # filled by --verify
 
@@ -88,6 +89,8 @@ class TraceResult:
     drift: list[str] = field(default_factory=list)
     state: str = "planned"  # planned | observed
     verified: bool | None = None
+    notes: list[str] = field(default_factory=list)
+    choices: int | None = None  # how many endpoints a Service could pick from (the first DNAT)
 
     def to_json(self) -> dict:
         return {
@@ -103,4 +106,5 @@ class TraceResult:
             "reply": [h.to_json() for h in self.reply],
             "reply_verdict": self.reply_verdict,
             "verified": self.verified,
+            "notes": self.notes,
         }

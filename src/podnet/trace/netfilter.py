@@ -70,7 +70,11 @@ def _endpoints(view: TableView, proto: str, count: int, offset: int) -> list[tup
     return eps
 
 
-def _choose_from_chain(view: TableView, chain: str, pkt: Packet, flow: tuple) -> tuple[Packet, str] | None:
+def _choose_from_chain(
+    view: TableView, chain: str, pkt: Packet, flow: tuple, choice: int | None = None
+) -> tuple[Packet, str] | None:
+    """The endpoint this flow gets: the kernel draws it at random (numgen); the trace takes
+    one by the flow's hash, or ``choice`` when asked (--verify tries every one)."""
     for rule in view.rules(chain):
         m = PICK.search(rule)
         if not m:
@@ -80,7 +84,7 @@ def _choose_from_chain(view: TableView, chain: str, pkt: Packet, flow: tuple) ->
             eps = _endpoints(view, m.group(3), count, offset)
             if not eps:
                 return None
-            i = flow_hash(*flow) % len(eps)
+            i = (choice if choice is not None else flow_hash(*flow)) % len(eps)
             ip, port = eps[i]
             others = ", ".join(f"{a}:{b}" for a, b in eps)
             return pkt.with_(dst_ip=ip, dport=port), (
@@ -88,7 +92,7 @@ def _choose_from_chain(view: TableView, chain: str, pkt: Packet, flow: tuple) ->
                 f"(probability 1/{len(eps)}; endpoints {others}) in chain {chain}"
             )
         # affinity services: a slot names an endpoint chain
-        i = flow_hash(*flow) % count
+        i = (choice if choice is not None else flow_hash(*flow)) % count
         target = view.lookup("slots", str(offset + i))
         if target is None:
             return None
@@ -104,7 +108,9 @@ def _choose_from_chain(view: TableView, chain: str, pkt: Packet, flow: tuple) ->
     return None
 
 
-def prerouting(view: TableView, pkt: Packet, flow: tuple, hook: str = "prerouting") -> NatResult:
+def prerouting(
+    view: TableView, pkt: Packet, flow: tuple, hook: str = "prerouting", choice: int | None = None
+) -> NatResult:
     """nat prerouting (or output): Services, NodePorts, hostPorts."""
     if pkt.proto not in ("tcp", "udp"):
         return NatResult(pkt)
@@ -112,7 +118,7 @@ def prerouting(view: TableView, pkt: Packet, flow: tuple, hook: str = "preroutin
     target = view.lookup("services", key)
     if target is not None:
         chain = target.split(" ", 1)[1]
-        chosen = _choose_from_chain(view, chain, pkt, flow)
+        chosen = _choose_from_chain(view, chain, pkt, flow, choice)
         if chosen:
             return NatResult(chosen[0], f"nat {hook}: service {chain.removeprefix('svc-')}: {chosen[1]}")
     for rule in view.rules("services"):
@@ -124,7 +130,7 @@ def prerouting(view: TableView, pkt: Packet, flow: tuple, hook: str = "preroutin
                 rules = view.rules(chain)
                 mark = any("mark-for-masquerade" in r for r in rules)
                 inner = next((r.split()[-1] for r in rules if r.startswith("goto ")), chain)
-                chosen = _choose_from_chain(view, inner, pkt, flow)
+                chosen = _choose_from_chain(view, inner, pkt, flow, choice)
                 if chosen:
                     policy = "Cluster: marked for masquerade" if mark else "Local: client address kept"
                     return NatResult(

@@ -94,5 +94,7 @@ def render(result: TraceResult, console: Console, verbose: bool = False) -> None
         for i, hop in enumerate(result.reply, 1):
             for line in _hop_lines(i, hop, verbose):
                 console.print(line, highlight=False)
+    for note in result.notes:
+        console.print(f"[bold]note[/] {note}")
     if result.verified is not None:
         console.print("[bold green]verified[/]" if result.verified else "[bold red]verification failed[/]")

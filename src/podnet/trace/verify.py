@@ -210,25 +210,59 @@ def _probe(result: TraceResult, src_netns: str, done: threading.Event, outcome: 
 
 
 def verify(result: TraceResult, tracer, cold: bool = False) -> TraceResult:
-    """Send the packet, capture along the path, and mark each hop seen or not; sets result.verified."""
+    """Send the packet, capture along the path, and mark each hop seen or not; sets result.verified.
+
+    A Service picks its endpoint at random, so every possible pick is traced, all their paths
+    are watched, and the one the kernel took is the one reported.
+    """
     if not result.hops:
         result.verified = False
         return result
-    namespaces = sorted({h.netns for h in (*result.hops, *result.reply)})
+    variants = [result]
+    if result.choices and result.choices > 1:
+        p = result.packet
+        variants = [
+            tracer.trace(result.source, result.destination, p.proto, p.dport or None, choice=i)
+            for i in range(result.choices)
+        ]
+    namespaces = sorted({h.netns for v in variants for h in (*v.hops, *v.reply)})
     if cold:
-        for ns in namespaces:
-            subprocess.run(["ip", "-n", ns, "neigh", "flush", "nud", "reachable"], capture_output=True)
-            subprocess.run(["ip", "-n", ns, "neigh", "flush", "nud", "stale"], capture_output=True)
-            subprocess.run(["ip", "-n", ns, "neigh", "flush", "nud", "delay"], capture_output=True)
+        _flush_neighbours(namespaces)
+    points = sorted({pt for v in variants for pt in _watch_points(v, tracer)})
+    seen, outcome = _capture(points, result.hops[0].netns, result)
+    best = None
+    for v in variants:
+        score = _mark(v, tracer, seen, cold)
+        if best is None or score > best[0]:
+            best = (score, v)
+    chosen = best[1]
+    if chosen is not result:
+        result.hops, result.reply = chosen.hops, chosen.reply
+        result.verdict, result.reason, result.reply_verdict = chosen.verdict, chosen.reason, chosen.reply_verdict
+    if len(variants) > 1:
+        index = variants.index(chosen)
+        result.notes.append(f"the kernel picked endpoint {index + 1} of {len(variants)} for this connection")
+    result.verified = best[0][0]
+    result.hops[0].notes.append(f"probe: {outcome.get('result', 'not sent')}")
+    return result
+
+
+def _flush_neighbours(namespaces: list[str]) -> None:
+    for ns in namespaces:
+        for state in ("reachable", "stale", "delay", "probe"):
+            subprocess.run(["ip", "-n", ns, "neigh", "flush", "nud", state], capture_output=True)
+
+
+def _capture(points: list[tuple[str, str]], src_netns: str, result: TraceResult) -> tuple[list[Seen], dict]:
     sockets = {}
-    for ns, ifname in _watch_points(result, tracer):
+    for ns, ifname in points:
         sock = _open(ns, ifname)
         if sock is not None:
             sockets[sock.fileno()] = (sock, ns, ifname)
     seen: list[Seen] = []
     done = threading.Event()
     outcome: dict = {}
-    thread = threading.Thread(target=_probe, args=(result, result.hops[0].netns, done, outcome), daemon=True)
+    thread = threading.Thread(target=_probe, args=(result, src_netns, done, outcome), daemon=True)
     thread.start()
     deadline = None
     try:
@@ -250,20 +284,26 @@ def verify(result: TraceResult, tracer, cold: bool = False) -> TraceResult:
         for sock, _, _ in sockets.values():
             sock.close()
         thread.join(timeout=5)
+    return seen, outcome
 
+
+def _mark(result: TraceResult, tracer, seen: list[Seen], cold: bool) -> tuple[bool, int]:
+    """Mark every hop of one predicted path seen or not; (all seen, how many seen)."""
     ok = True
+    count = 0
     for path in (result.hops, result.reply):
+        diverged = False  # the kernel took another equal-cost member: MACs downstream differ
         for i, hop in enumerate(path):
+            hop.captured = []
             last = i == len(path) - 1
-            iface = (hop.in_if if last and hop.in_if else hop.out_if) or ""
-            iface = iface.split("/")[-1]
+            iface = ((hop.in_if if last and hop.in_if else hop.out_if) or "").split("/")[-1]
             here = [s for s in seen if s.netns == hop.netns and s.ifname == iface]
             if cold:
                 hop.captured += [s.describe() for s in here if s.arp]
-            encapsulated = bool(hop.encap) and not (last and hop.decap)
-            if i == 0 and hop.out_if is None:  # delivered locally (loopback): nothing crosses a link
+            if i == 0 and hop.out_if in (None, "lo"):  # delivered locally: nothing crosses a link
                 hop.observed = None
                 continue
+            encapsulated = bool(hop.encap) and not (last and hop.decap)
             match = [s for s in here if _matches(hop, s, encapsulated)]
             if not match:
                 alts = [
@@ -274,21 +314,28 @@ def verify(result: TraceResult, tracer, cold: bool = False) -> TraceResult:
                 ]
                 if alts:
                     hop.observed = True
-                    hop.captured.append(
-                        f"via ECMP member {tracer.topo.kind_of(alts[0].netns)[1]}: {alts[0].describe()}"
-                    )
+                    diverged = True
+                    count += 1
+                    member = tracer.topo.kind_of(alts[0].netns)[1]
+                    hop.captured.append(f"via ECMP member {member}: {alts[0].describe()}")
                     continue
             hop.observed = bool(match)
-            if match:
-                hop.captured.append(match[0].describe())
-                p = hop.packet
-                if p is not None and (match[0].src_mac, match[0].dst_mac) != (p.src_mac, p.dst_mac) and p.src_mac:
-                    hop.captured.append(
-                        f"differs: MACs {match[0].src_mac} -> {match[0].dst_mac}, predicted {p.src_mac} -> {p.dst_mac}"
-                    )
-                    ok = False
-            else:
+            if not match:
                 ok = False
-    result.verified = ok
-    result.hops[0].notes.append(f"probe: {outcome.get('result', 'not sent')}")
-    return result
+                continue
+            count += 1
+            hop.captured.append(match[0].describe())
+            p = hop.packet
+            ecmp_here = bool(_ecmp_members(hop, tracer)) or bool(_alternatives(path, i, tracer))
+            if (
+                p is not None
+                and p.src_mac
+                and not ecmp_here  # an equal-cost choice changes the next hop's MAC, not the path's sense
+                and not diverged
+                and (match[0].src_mac, match[0].dst_mac) != (p.src_mac, p.dst_mac)
+            ):
+                hop.captured.append(
+                    f"differs: MACs {match[0].src_mac} -> {match[0].dst_mac}, predicted {p.src_mac} -> {p.dst_mac}"
+                )
+                ok = False
+    return (ok, count)

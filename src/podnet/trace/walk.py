@@ -12,6 +12,7 @@ where the forward packet was translated.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 
 from podnet.plan.system import DNS_POD
@@ -64,6 +65,7 @@ class Tracer:
         self.dns_config = dns_config
         self.mode = mode
         self.drift: list[str] = []
+        self.choice: int | None = None
 
     # --- endpoints -------------------------------------------------------------------------
 
@@ -142,7 +144,11 @@ class Tracer:
 
     # --- the walk --------------------------------------------------------------------------
 
-    def trace(self, source: str, destination: str, proto: str = "tcp", port: int | None = None) -> TraceResult:
+    def trace(
+        self, source: str, destination: str, proto: str = "tcp", port: int | None = None, choice: int | None = None
+    ) -> TraceResult:
+        """``choice``: which endpoint a Service's random pick gives this packet (default: by flow hash)."""
+        self.choice = choice
         src_ns, src_ip = self.resolve_source(source)
         dst_ip, dns = self.resolve_destination(destination, src_ns)
         if port is None:
@@ -236,8 +242,11 @@ class Tracer:
                 frame.pkt = self._reverse(ns.name, frame.pkt, reply_of, hop)
             if view is not None and reply_of is None:
                 hook = "output" if local else "prerouting"
-                nat = netfilter.prerouting(view, frame.pkt, frame.pkt.five_tuple(), hook)
+                nat = netfilter.prerouting(view, frame.pkt, frame.pkt.five_tuple(), hook, self.choice)
                 if nat.text:
+                    found = re.search(r"endpoint \d+ of (\d+)", nat.text)
+                    if found and result.choices is None:
+                        result.choices = int(found.group(1))
                     track.add(
                         ns.name,
                         "dnat",
@@ -264,7 +273,7 @@ class Tracer:
             return None
 
         if decision.kind == "local":
-            return self._deliver(ns, hop, frame, decision, view, node_ip, result, reply_of is not None)
+            return self._deliver(ns, hop, frame, decision, view, node_ip, result, reply_of)
 
         # br_netfilter: a frame that came up from a bridge port, was DNATed in the bridge's
         # prerouting hook, and is routed back out of the same bridge is bridged, not routed:
@@ -395,7 +404,8 @@ class Tracer:
 
     # --- pieces ----------------------------------------------------------------------------
 
-    def _deliver(self, ns, hop, frame, decision, view, node_ip, result, is_reply=False):
+    def _deliver(self, ns, hop, frame, decision, view, node_ip, result, reply_of=None):
+        is_reply = reply_of is not None
         pkt = frame.wire
         # A VXLAN datagram for this node's VTEP: decapsulate and process the inner frame here.
         if frame.outer is not None:
@@ -420,6 +430,8 @@ class Tracer:
             frame.outer = None
             frame.vni = None
             frame.pkt = frame.pkt.with_(dst_mac=vx.mac)
+            if reply_of is not None:
+                frame.pkt = self._reverse(ns.name, frame.pkt, reply_of, hop)
             # The inner packet arrives on the VXLAN device: route it on from here, in the same hop.
             inner = fib.lookup(ns, frame.pkt.dst_ip, frame.pkt.five_tuple())
             hop.route = {**inner.to_json(), "underlay": decision.to_json()}
@@ -427,7 +439,7 @@ class Tracer:
                 result.verdict, result.reason = "dropped", f"{hop.name}: no route to {frame.pkt.dst_ip}"
                 return None
             if inner.kind == "local":
-                return self._deliver(ns, hop, frame, inner, view, node_ip, result, is_reply)
+                return self._deliver(ns, hop, frame, inner, view, node_ip, result, reply_of)
             if ns.sysctls.get("net.ipv4.ip_forward") != "1":
                 result.verdict, result.reason = "dropped", f"{hop.name} does not forward (net.ipv4.ip_forward=0)"
                 return None
