@@ -211,3 +211,11 @@ def test_rule_removed_by_hand_is_drift_and_verify_fails_at_the_node(svc: Cluster
     finally:
         svc.up()  # repair: the next up restores the chain
     assert usecases.trace("shop/shell", "web.shop", cluster=svc.name).drift == []
+
+
+def test_cold_verify_sees_the_arp_exchange(quick: Cluster) -> None:
+    r = usecases.trace("shop/web-1", "shop/web-2", cluster=quick.name, verify=True, cold=True)
+    assert r.verified
+    first = r.hops[0]
+    assert any("ARP who-has 10.244.0.1" in c for c in first.captured), first.captured  # the pod asks for its gateway
+    assert any("is-at" in c for h in r.hops for c in h.captured)

@@ -32,6 +32,8 @@ def _hop_lines(i: int, hop: Hop, verbose: bool) -> list[str]:
     lines = [f"{i:>2}. {where}  {ifs}{seen}", f"      {_headers(hop)}"]
     for text in hop.netfilter:
         lines.append(f"      [yellow]netfilter[/] {text}")
+    if hop.nat and not hop.netfilter:
+        lines.append(f"      [yellow]conntrack[/] {hop.nat}")
     if hop.bridge and not hop.bridge.get("to_ip"):
         b = hop.bridge
         what = f"port {b['port']}" if b.get("port") else "flood"
