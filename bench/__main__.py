@@ -22,13 +22,23 @@ from pathlib import Path
 
 from rich.console import Console
 
-from bench import nsutil, pods, services
+from bench import cni, dns, nsutil, pods, services
 from bench.nsutil import BenchError
 
 # suite name -> (run, cleanup, render)
 SUITES: dict[str, tuple[Callable, Callable, Callable]] = {
     "pods": (pods.run, pods.cleanup, pods.render),
     "services": (services.run, services.cleanup, services.render),
+    "dns": (
+        lambda ctx, out: out.update(dns.run()),
+        lambda ctx: [],  # dns.run removes its namespaces and daemons itself, even on errors
+        lambda res, console: console.print(dns.render(res)),
+    ),
+    "cni": (
+        lambda ctx, out: out.update(cni.run(containers=ctx.pods)),
+        lambda ctx: cni.cleanup(),
+        cni.render,
+    ),
 }
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REQUIRED = ("ip", "bash", "sysctl", f"{pods.CNI_DIR}/bridge", f"{pods.CNI_DIR}/host-local")
