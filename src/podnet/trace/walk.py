@@ -389,9 +389,15 @@ class Tracer:
             frame.pkt = frame.pkt.with_(dst_mac=mac)
         else:
             frame.pkt = frame.pkt.with_(src_mac=out_link.mac, dst_mac=mac)
-        hop.out_if = out_link.name
         hop.packet = frame.pkt
         self._note_encap(hop, frame)
+        return self._transmit(ns, hop, frame, out_link, mac, result)
+
+    # --- pieces ----------------------------------------------------------------------------
+
+    def _transmit(self, ns, hop, frame, out_link, mac, result):
+        """Send the frame out of ``out_link``: a bridge looks the MAC up in its FDB first."""
+        hop.out_if = out_link.name
         if out_link.kind == "bridge":
             port = self._fdb(ns, out_link, mac)
             hop.bridge = {"bridge": out_link.name, "dst_mac": mac, "port": port, "flood": port is None}
@@ -401,8 +407,6 @@ class Tracer:
             hop.out_if = f"{out_link.name}/{port}"
             return self._across(ns, port, frame, result)
         return self._across(ns, out_link.name, frame, result)
-
-    # --- pieces ----------------------------------------------------------------------------
 
     def _deliver(self, ns, hop, frame, decision, view, node_ip, result, reply_of=None):
         is_reply = reply_of is not None
@@ -453,16 +457,7 @@ class Tracer:
             hop.neighbour = {"ip": gateway, "mac": mac, "source": how, "dev": out_link.name}
             frame.pkt = frame.pkt.with_(src_mac=out_link.mac, dst_mac=mac)
             hop.packet = frame.pkt
-            hop.out_if = out_link.name
-            if out_link.kind == "bridge":
-                port = self._fdb(ns, out_link, mac)
-                hop.bridge = {"bridge": out_link.name, "dst_mac": mac, "port": port, "flood": port is None}
-                if port is None:
-                    result.verdict, result.reason = "dropped", f"bridge {out_link.name}: no port has {mac}"
-                    return None
-                hop.out_if = f"{out_link.name}/{port}"
-                return self._across(ns, port, frame, result)
-            return self._across(ns, out_link.name, frame, result)
+            return self._transmit(ns, hop, frame, out_link, mac, result)
 
         if view is not None:
             f = netfilter.filter_hook(view, pkt, node_ip)
