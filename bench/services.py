@@ -63,9 +63,9 @@ CHANGES = 5  # one-service changes, median reported
 KUBE_PARTIAL_REPEAT = 3
 NOFLUSH_SAMPLE = 1000  # services in the --noflush full restore data point (it grows super-linearly)
 NOFLUSH_LIMIT_S = 30.0
-CONNECTS = 2000  # per round and case
-WARMUP = 100
-ROUNDS = 5
+CONNECTS = 400  # per round and case: 4,000 per case in all
+WARMUP = 50
+ROUNDS = 10  # short interleaved rounds: the machine may be shared, and its noise comes in spells
 ROUND_LIMIT_S = 15.0  # per round and case, whatever the count
 CONNECT_TIMEOUT_S = 2.0
 LOAD_LIMIT_S = 90.0  # one nft -f or iptables-restore; beyond it the load is killed and reported
@@ -489,7 +489,8 @@ def bench_nft(ctx: Any, out: dict, services: list[Any]) -> None:
     )
     ctx.log.print(f"services: podnet one-service change {mid['load_s'] * 1000:.1f} ms ({mid['lines']} nft lines)")
 
-    _, res["noop_s"] = bounded(lambda: nft.load(big.router, have, have))
+    same, _ = plan(services)  # rebuilt, as a converged sync does: equal, but other objects
+    _, res["noop_s"] = bounded(lambda: nft.load(big.router, same, have))
     ctx.log.print("services: podnet re-reading its table from the kernel (nft -j list + parse), as observe does")
     observed, res["observe_s"] = bounded(lambda: nft.observe(big.router))
     res["observe_equal"] = observed == have
@@ -576,9 +577,14 @@ def bench_iptables(ctx: Any, out: dict, services: list[Any]) -> None:
 # --- 2. connection setup -----------------------------------------------------------------------
 
 
-def connect_batch(dst: str, count: int, warmup: int, limit: float) -> dict:
+def connect_batch(dst: str, count: int, warmup: int, limit: float, cpu: int | None = None) -> dict:
     """In the calling thread's namespace: ``count`` sequential TCP connects to ``dst``:PORT,
-    each closed with a reset (no TIME_WAIT); the microseconds each ``connect()`` took."""
+    each closed with a reset (no TIME_WAIT); the microseconds each ``connect()`` took.
+
+    ``cpu``: pin the calling thread there first. The handshake runs in the client's softirq
+    context, so every case is then measured on the same CPU."""
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})  # 0: this thread
     linger = struct.pack("ii", 1, 0)
     samples: list[float] = []
     failures = 0
@@ -618,14 +624,19 @@ def bench_connect(ctx: Any, out: dict, target_vip: str) -> None:
         probe = nsutil.in_netns(c.client, lambda: connect_batch(target_vip, 3, 0, 10))
         if len(probe["samples"]) < 3:
             raise BenchError(f"{c.label}: no TCP connection to {target_vip}:{PORT}: {probe['last_error']}")
+    cpu = max(os.sched_getaffinity(0))
+    res["client_cpu"] = cpu
     runs: dict[str, list[dict]] = {c.key: [] for c in ready}
     for r in range(ROUNDS):
         order = ready[r % len(ready) :] + ready[: r % len(ready)] if ready else []
         for c in order:
-            batch = nsutil.in_netns(c.client, lambda: connect_batch(target_vip, CONNECTS, WARMUP, ROUND_LIMIT_S))
+            batch = nsutil.in_netns(
+                c.client, lambda: connect_batch(target_vip, CONNECTS, WARMUP, ROUND_LIMIT_S, cpu=cpu)
+            )
             runs[c.key].append(batch)
             mean = statistics.fmean(batch["samples"]) if batch["samples"] else float("nan")
-            ctx.log.print(f"services: connect round {r + 1}/{ROUNDS}: {c.label:28} mean {mean:7.1f} us")
+            if r in (0, ROUNDS - 1) or ROUNDS <= 5:
+                ctx.log.print(f"services: connect round {r + 1}/{ROUNDS}: {c.label:28} mean {mean:7.1f} us")
     for c in ready:
         batches = runs[c.key]
         pooled = [x for b in batches for x in b["samples"]]
@@ -815,7 +826,11 @@ def render(out: dict, console: Console) -> None:
             f"{', '.join(str(v) for v in nft.get('change_runs_ms', []))} (ms); rebuilding the desired table "
             f"first (node_table) adds {_ms(nft.get('change_plan_s'))}",
         )
-        row("podnet sync with nothing changed", _ms(nft.get("noop_s")), "script(have, have) + nft -f")
+        row(
+            "podnet sync with nothing changed",
+            _ms(nft.get("noop_s")),
+            "script(rebuilt table, old) + nft -f (an empty transaction)",
+        )
         if "observe_s" in nft:
             row(
                 "podnet re-reading its table",
@@ -874,8 +889,9 @@ def render(out: dict, console: Console) -> None:
         row(
             "connect() to one VIP",
             "",
-            f"{con.get('vip')}: the last of KUBE-SERVICES; {con.get('connects')} sequential connects x "
-            f"{con.get('rounds')} rounds per case, client -> router (rules) -> server",
+            f"{con.get('vip')}: the last of KUBE-SERVICES; {con.get('rounds')} interleaved rounds of "
+            f"{con.get('connects')} sequential connects per case, client -> router (rules) -> server; "
+            f"client pinned to CPU {con.get('client_cpu')}",
         )
         for key in (f"nft_{SMALL}", f"nft_{SERVICES}", f"ipt_{SMALL}", f"ipt_{SERVICES}"):
             c = con.get(key)
@@ -886,7 +902,8 @@ def render(out: dict, console: Console) -> None:
             row(
                 f"  {c['label']}",
                 _us(c["mean_us"]),
-                f"mean (median of rounds {', '.join(str(m) for m in c['round_means_us'])}); "
+                f"median of {len(c['round_means_us'])} round means ({min(c['round_means_us'])}-"
+                f"{max(c['round_means_us'])}); "
                 f"p50 {_us(c['p50_us'])}, p99 {_us(c['p99_us'])}; {c['samples']} connects{extra}",
             )
         p50 = {k: v["p50_us"] for k, v in con.items() if isinstance(v, dict) and "p50_us" in v}

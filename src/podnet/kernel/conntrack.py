@@ -15,16 +15,17 @@ from podnet.kernel import netns
 from podnet.state import NftTable
 
 
-def _pairs(table: NftTable | None, name: str) -> set[str]:
-    if table is None or name not in table.sets:
+def _pairs(table: NftTable | None, prefix: str) -> set[str]:
+    """Elements of every set whose name starts with ``prefix`` (the endpoint maps are sharded)."""
+    if table is None:
         return set()
-    return set(table.sets[name].elements)
+    return {e for name, s in table.sets.items() if name.startswith(prefix) for e in s.elements}
 
 
 def forget_removed_udp_endpoints(ns: str, want: NftTable, have: NftTable | None) -> list[tuple[str, str, str]]:
     """Delete UDP conntrack entries from service VIPs to endpoints no longer in the map."""
-    before = {e.split(" : ", 1)[1] for e in _pairs(have, "endpoints-udp")}
-    after = {e.split(" : ", 1)[1] for e in _pairs(want, "endpoints-udp")}
+    before = {e.split(" : ", 1)[1] for e in _pairs(have, "endpoints-udp-")}
+    after = {e.split(" : ", 1)[1] for e in _pairs(want, "endpoints-udp-")}
     gone = before - after
     if not gone:
         return []

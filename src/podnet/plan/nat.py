@@ -18,7 +18,7 @@ Shaped after kube-proxy's nftables mode, for load time that grows linearly with 
 from __future__ import annotations
 
 from podnet.plan import policy
-from podnet.plan.topology import LOCAL_OFFSET, NodeInfo, PodInfo, ServiceInfo, ServicePortInfo
+from podnet.plan.topology import LOCAL_OFFSET, SLOT_WIDTH, NodeInfo, PodInfo, ServiceInfo, ServicePortInfo
 from podnet.state import NftChain, NftRule, NftSet, NftTable
 
 TABLE = "podnet"
@@ -27,6 +27,15 @@ NAT_PRE = ("nat", "prerouting", -100, "accept")
 NAT_OUT = ("nat", "output", -100, "accept")
 NAT_POST = ("nat", "postrouting", 100, "accept")
 FILTER = -10  # before the default filter priority, so a reject is not overtaken
+
+
+ENDPOINT_SHARDS = 16
+
+
+def endpoint_map(proto: str, slot: int) -> str:
+    """The endpoint map holding ``slot`` (a shard index, or any slot of the service port)."""
+    shard = slot if slot < ENDPOINT_SHARDS else (slot // SLOT_WIDTH) % ENDPOINT_SHARDS
+    return f"endpoints-{proto}-{shard}"
 
 
 def chain_name(kind: str, svc: ServiceInfo, port: ServicePortInfo, endpoint_ip: str | None = None) -> str:
@@ -79,9 +88,12 @@ def node_table(
     t.map("nodeports", "type inet_proto . inet_service : verdict")
     t.map("no-endpoints", "type ipv4_addr . inet_proto . inet_service : verdict")
     t.map("no-endpoint-nodeports", "type inet_proto . inet_service : verdict")
-    # One endpoint map per protocol: nft 1.0 refuses a shared "th dport" map on update.
+    # Endpoint maps per protocol (nft 1.0 refuses a shared "th dport" map on update), in
+    # shards: the kernel checks every rule bound to a map for each element added, so one map
+    # shared by 10,000 service rules makes a full load quadratic.
     for proto in ("tcp", "udp"):
-        t.map(f"endpoints-{proto}", f"typeof numgen random mod 2 : ip daddr . {proto} dport")
+        for shard in range(ENDPOINT_SHARDS):
+            t.map(endpoint_map(proto, shard), f"typeof numgen random mod 2 : ip daddr . {proto} dport")
     t.map("slots", "typeof numgen random mod 2 : verdict")
     t.set("hairpin", "type ipv4_addr . ipv4_addr")
 
@@ -119,12 +131,13 @@ def _service_port(t: _Builder, node: NodeInfo, svc: ServiceInfo, port: ServicePo
             t.element("no-endpoint-nodeports", f"{proto} . {port.node_port} : goto reject-connection")
         return
     for ep in port.endpoints:
-        t.element("hairpin", f"{ep.ip} . {ep.ip}")
+        if ep.node == node.name:  # only a pod on this node can reach itself through this node
+            t.element("hairpin", f"{ep.ip} . {ep.ip}")
     t.element("services", f"{vip_key} : goto {svc_chain}")
     note = f"{svc.key}:{port.name or port.port}"
     if svc.affinity_timeout is None:
         for i, ep in enumerate(port.endpoints):
-            t.element(f"endpoints-{proto}", f"{port.slot + i} : {ep.ip} . {ep.port}")
+            t.element(endpoint_map(proto, port.slot), f"{port.slot + i} : {ep.ip} . {ep.port}")
         rules = [_pick(proto, len(port.endpoints), port.slot, note)]
     else:
         rules = []
@@ -159,14 +172,15 @@ def _service_port(t: _Builder, node: NodeInfo, svc: ServiceInfo, port: ServicePo
             return
         base = port.slot + LOCAL_OFFSET
         for i, ep in enumerate(local):
-            t.element(f"endpoints-{proto}", f"{base + i} : {ep.ip} . {ep.port}")
+            t.element(endpoint_map(proto, port.slot), f"{base + i} : {ep.ip} . {ep.port}")
         t.element("nodeports", f"{np_key} : goto {np_chain}")
         t.chain(np_chain, None, [_pick(proto, len(local), base, f"{note} local endpoints")])
 
 
 def _pick(proto: str, count: int, offset: int, note: str) -> NftRule:
     return NftRule(
-        f"meta l4proto {proto} dnat ip to numgen random mod {count} offset {offset} map @endpoints-{proto}", note
+        f"meta l4proto {proto} dnat ip to numgen random mod {count} offset {offset} map @{endpoint_map(proto, offset)}",
+        note,
     )
 
 

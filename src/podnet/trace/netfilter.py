@@ -15,7 +15,7 @@ from podnet.state import NftTable
 from podnet.trace.fib import flow_hash
 from podnet.trace.model import Packet
 
-PICK = re.compile(r"numgen random mod (\d+) offset (\d+) (?:map @endpoints-(\w+)|vmap @slots)")
+PICK = re.compile(r"numgen random mod (\d+) offset (\d+) (?:map @(endpoints-\w+-\d+)|vmap @slots)")
 DNAT = re.compile(r"dnat to ([\d.]+):(\d+)")
 HOSTPORT = re.compile(r"ip daddr ([\d.]+) (tcp|udp) dport (\d+) dnat to ([\d.]+):(\d+)")
 EGRESS = re.compile(r'ip saddr (\S+) ip daddr != \{ (\S+), (\S+) \} oifname != "(\S+)" masquerade')
@@ -60,10 +60,10 @@ class TableView:
         return None
 
 
-def _endpoints(view: TableView, proto: str, count: int, offset: int) -> list[tuple[str, int]]:
+def _endpoints(view: TableView, mapname: str, count: int, offset: int) -> list[tuple[str, int]]:
     eps = []
     for i in range(count):
-        value = view.lookup(f"endpoints-{proto}", str(offset + i))
+        value = view.lookup(mapname, str(offset + i))
         if value is not None:
             ip, port = value.split(" . ")
             eps.append((ip, int(port)))
