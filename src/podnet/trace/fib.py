@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 from dataclasses import dataclass
+from functools import lru_cache
 
 from podnet.state import NetnsState, NextHop, Route
 
@@ -43,10 +44,30 @@ class Decision:
         }
 
 
+LOOPBACK = ipaddress.IPv4Network("127.0.0.0/8")
+
+
+@lru_cache(maxsize=65536)
+def _address(ip: str) -> ipaddress.IPv4Address:
+    return ipaddress.IPv4Address(ip)
+
+
+@lru_cache(maxsize=65536)
+def _network(cidr: str) -> ipaddress.IPv4Network:
+    """The network of an address ("10.244.0.2/24" -> 10.244.0.0/24), parsed once."""
+    return ipaddress.IPv4Interface(cidr).network
+
+
+@lru_cache(maxsize=65536)
+def _route_network(dst: str) -> ipaddress.IPv4Network:
+    """A route's destination, parsed once (a lookup tests every route of the namespace)."""
+    return ipaddress.IPv4Network(dst)
+
+
 def connected_routes(ns: NetnsState) -> list[Route]:
     routes = []
     for addr in ns.addresses:
-        net = ipaddress.IPv4Interface(addr.cidr).network
+        net = _network(addr.cidr)
         if net.prefixlen < 32 and ns.links.get(addr.ifname) is not None and ns.links[addr.ifname].up:
             routes.append(Route(str(net), (NextHop(None, addr.ifname),), proto="kernel"))
     return routes
@@ -63,12 +84,12 @@ def flow_hash(*parts: object) -> int:
 
 
 def lookup(ns: NetnsState, dst: str, flow: tuple) -> Decision:
-    ip = ipaddress.IPv4Address(dst)
-    if dst in local_addresses(ns) or ip in ipaddress.IPv4Network("127.0.0.0/8"):
+    ip = _address(dst)
+    if dst in local_addresses(ns) or ip in LOOPBACK:
         dev = local_addresses(ns).get(dst, "lo")
         return Decision("local", None, (), NextHop(None, dev), f"{dst} is an address of this namespace (local table)")
     routes = [r for r in (*ns.routes.values(), *connected_routes(ns)) if r.table == 254]
-    matching = [r for r in routes if ip in ipaddress.IPv4Network(r.dst)]
+    matching = [r for r in routes if ip in _route_network(r.dst)]
     matching.sort(key=lambda r: (-int(r.dst.split("/")[1]), r.metric, r.proto != "kernel"))
     if not matching:
         return Decision("none", None, (), None, f"no route contains {dst}")

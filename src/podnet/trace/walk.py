@@ -66,6 +66,13 @@ class Tracer:
         self.mode = mode
         self.drift: list[str] = []
         self.choice: int | None = None
+        # Memos over the State and Topology, which a Tracer never changes (thousands of traces
+        # on one plan would otherwise walk every bridge and scan every pod at every hop).
+        self._kinds: dict[str, tuple[str, str]] = {}
+        self._domains: dict[tuple[str, str], list[tuple[str, str]]] = {}
+        self._arp: dict[tuple[str, str], dict[str, tuple[str, str]]] = {}  # who answers for an IP
+        self._ports: dict[tuple[str, str], dict[str | None, str]] = {}  # bridge: MAC -> port
+        self._pods_in: dict[str, list] | None = None
 
     # --- endpoints -------------------------------------------------------------------------
 
@@ -181,7 +188,7 @@ class Tracer:
         local = True
         for _ in range(MAX_HOPS):
             ns = self.state.namespaces.get(ns_name)
-            kind, name = self.topo.kind_of(ns_name)
+            kind, name = self._kind_of(ns_name)
             hop = Hop(ns_name, kind, name, in_if)
             hops.append(hop)
             if ns is None:
@@ -490,8 +497,18 @@ class Tracer:
             )
         return None
 
+    def _kind_of(self, netns: str) -> tuple[str, str]:
+        kind = self._kinds.get(netns)
+        if kind is None:
+            kind = self._kinds[netns] = self.topo.kind_of(netns)
+        return kind
+
     def _listener(self, netns: str, pkt: Packet) -> str | None:
-        for pod in self.topo.pods.values():
+        if self._pods_in is None:
+            self._pods_in = {}
+            for pod in self.topo.pods.values():
+                self._pods_in.setdefault(pod.netns, []).append(pod)
+        for pod in self._pods_in.get(netns, ()):
             if pod.netns == netns:
                 if pod.key == DNS_POD and pkt.dport == 53:
                     return "the cluster DNS server (podnet dns-daemon)"
@@ -548,31 +565,43 @@ class Tracer:
 
     def _fdb(self, ns: NetnsState, bridge: Link, mac: str) -> str | None:
         """The port of ``bridge`` behind which ``mac`` lives (what the bridge has learned)."""
-        for link in ns.links.values():
-            if link.master != bridge.name:
-                continue
-            peer = self._peer(ns, link.name)
-            if peer is None:
-                continue
-            other = self.state.namespaces.get(peer[0])
-            if other is not None and other.links.get(peer[1]) is not None and other.links[peer[1]].mac == mac:
-                return link.name
-        return None
+        ports = self._ports.get((ns.name, bridge.name))
+        if ports is None:
+            ports = self._ports[(ns.name, bridge.name)] = {}
+            for link in ns.links.values():
+                if link.master != bridge.name:
+                    continue
+                peer = self._peer(ns, link.name)
+                if peer is None:
+                    continue
+                other = self.state.namespaces.get(peer[0])
+                if other is not None and other.links.get(peer[1]) is not None:
+                    ports.setdefault(other.links[peer[1]].mac, link.name)  # the first port wins
+        return ports.get(mac)
 
     def _neighbour(self, ns: NetnsState, link: Link, ip: str) -> tuple[str | None, str]:
         for n in ns.neighbours:
             if n.ifname == link.name and n.ip == ip:
                 return n.mac, "permanent entry"
-        for other_ns, other_if in self._l2_domain(ns, link.name):
-            other = self.state.namespaces[other_ns]
-            if any(a.ip == ip and a.ifname == other_if for a in other.addresses):
-                return other.links[
-                    other_if
-                ].mac, f"ARP: who-has {ip} tell {ns.name}; {other_if} in {self.topo.kind_of(other_ns)[1]} replies"
+        answers = self._arp.get((ns.name, link.name))
+        if answers is None:
+            answers = self._arp[(ns.name, link.name)] = {}
+            for other_ns, other_if in self._l2_domain(ns, link.name):
+                for a in self.state.namespaces[other_ns].addresses:
+                    if a.ifname == other_if:
+                        answers.setdefault(a.ip, (other_ns, other_if))  # the nearest in the walk wins
+        if ip in answers:
+            other_ns, other_if = answers[ip]
+            return self.state.namespaces[other_ns].links[
+                other_if
+            ].mac, f"ARP: who-has {ip} tell {ns.name}; {other_if} in {self._kind_of(other_ns)[1]} replies"
         return None, "ARP: no reply"
 
     def _l2_domain(self, ns: NetnsState, ifname: str) -> list[tuple[str, str]]:
         """The L3 interfaces on the same Ethernet segment as ``ifname`` (through veths and bridges)."""
+        cached = self._domains.get((ns.name, ifname))
+        if cached is not None:
+            return cached
         seen: set[tuple[str, str]] = set()
         found: list[tuple[str, str]] = []
         todo = [(ns.name, ifname)]
@@ -596,6 +625,7 @@ class Tracer:
             peer = self._peer(here, name)
             if peer is not None:
                 todo.append(peer)
+        self._domains[(ns.name, ifname)] = found
         return found
 
     def _note_encap(self, hop: Hop, frame: _Frame) -> None:
