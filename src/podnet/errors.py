@@ -42,3 +42,7 @@ class PlanError(PodnetError):
 
 class KernelError(PodnetError):
     """The kernel refused a change; carries the namespace and the object concerned."""
+
+
+class BirdError(PodnetError):
+    """A BIRD daemon did not start, refused its configuration, or does not answer."""

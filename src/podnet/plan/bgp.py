@@ -72,10 +72,6 @@ class Speaker:
     announces: tuple[str, ...] | None  # a node's pod block; None: a router announces all it knows
     static: tuple[StaticRoute, ...] = ()  # the edge's default, announced
 
-    @property
-    def transit(self) -> bool:
-        return self.announces is None
-
     def connected(self) -> set[str]:
         return {str(ipaddress.IPv4Interface(f"{i.ip}/{i.prefix}").network) for i in self.interfaces}
 
@@ -107,9 +103,6 @@ class BgpPlan:
 
     def sessions_of(self, speaker: str) -> list[Session]:
         return [s for s in self.sessions if speaker in (s.a, s.b)]
-
-    def speaker_of_netns(self, netns: str) -> Speaker | None:
-        return next((s for s in self.speakers.values() if s.netns == netns), None)
 
     @cached_property
     def rib(self) -> dict[str, dict[str, list[Path]]]:
@@ -176,7 +169,9 @@ def plan_bgp(spec: Spec, topo: Topology, state: State, previous: Allocations, al
                 for iface in router.interfaces:
                     if iface.subnet == node.subnet:
                         sessions.append(
-                            Session(node.name, router.name, node.subnet, node.underlay_ip, iface.ip, "eth0", iface.ifname)
+                            Session(
+                                node.name, router.name, node.subnet, node.underlay_ip, iface.ip, "eth0", iface.ifname
+                            )
                         )
         routers = list(topo.routers.values())
         for x, y in itertools.combinations(routers, 2):
@@ -324,9 +319,9 @@ def simulate(plan: BgpPlan) -> dict[str, dict[str, list[Path]]]:
             for sender, receiver in ((session.a, session.b), (session.b, session.a)):
                 tx, rx = sp[sender], sp[receiver]
                 ebgp = tx.asn != rx.asn
-                local_ip, local_if, _, peer_ip = session.seen_from(receiver)
+                _, local_if, _, peer_ip = session.seen_from(receiver)
                 for prefix, adv in exports(tx, session).items():
-                    as_path = ((tx.asn,) + adv.as_path) if ebgp else adv.as_path
+                    as_path = (tx.asn, *adv.as_path) if ebgp else adv.as_path
                     if ebgp and rx.asn in as_path:
                         continue  # AS-path loop: BIRD drops it on import
                     new[receiver].setdefault(prefix, []).append(

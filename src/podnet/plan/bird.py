@@ -49,7 +49,7 @@ class StaticRoute:
 @dataclass(frozen=True)
 class Timers:
     hold: int = 3
-    connect_delay: int = 1  # BIRD waits 5 s by default before the first connection
+    connect_delay: int = 1  # BIRD waits 5 s by default (1 s is its floor, less up to a quarter of jitter)
     connect_retry: int = 1  # and 120 s between attempts
     error_wait: tuple[int, int] = (1, 5)  # and 60-300 s after an error
 

@@ -59,7 +59,9 @@ def expand(file: str, doc: Document, cluster: ClusterDoc) -> ClusterDoc:
     body = cluster.spec
     u = body.underlay
     if body.bgp is not None and body.backend != "bgp":
-        raise _fail(file, doc, ("spec", "bgp"), f"spec.bgp applies only to backend: bgp (the backend is {body.backend})")
+        raise _fail(
+            file, doc, ("spec", "bgp"), f"spec.bgp applies only to backend: bgp (the backend is {body.backend})"
+        )
     if u.fabric is None:
         for i, node in enumerate(body.nodes):
             if node.leaf is not None:
@@ -73,7 +75,6 @@ def expand(file: str, doc: Document, cluster: ClusterDoc) -> ClusterDoc:
     if u.cidr is not None or u.subnets is not None or u.routers:
         raise _fail(file, doc, FABRIC, "give either underlay.fabric or underlay.cidr/subnets/routers, not both")
     leaves = [leaf_name(i) for i in range(1, f.leaves + 1)]
-    spines = [spine_name(j) for j in range(1, f.spines + 1)]
 
     racks = ipaddress.IPv4Network(f.rackCIDR)
     if f.rackMaskSize < racks.prefixlen or 2 ** (f.rackMaskSize - racks.prefixlen) < f.leaves:
