@@ -380,3 +380,17 @@ def test_full_mesh_backend_switch_and_down_without_state(make_cluster) -> None:
     c.down()
     assert bird.find(c.name) == {}
     assert leftovers(c.name) == []
+
+
+def test_trace_shows_bgp_routes_and_verify_follows_the_fabric(fabric: Cluster) -> None:
+    converge(fabric)
+    for proto in ("tcp", "udp", "icmp"):
+        r = usecases.trace(
+            "shop/web-1", "shop/web-2", proto=proto, port=80 if proto == "tcp" else 53, cluster=fabric.name, verify=True
+        )
+        assert r.verified, [(h.name, h.observed, h.captured) for h in (*r.hops, *r.reply)]
+        node1 = next(h for h in r.hops if h.name == "node-1")
+        assert node1.route["chosen"]["proto"] == "bird"  # learned by BGP, and said so
+        leaf1 = next(h for h in r.hops if h.name == "leaf-1")
+        assert leaf1.route["chosen"]["proto"] == "bird" and len(leaf1.route["ecmp"]) == 2
+        assert {h.name for h in r.hops} & {"spine-1", "spine-2"}

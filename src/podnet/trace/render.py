@@ -43,7 +43,8 @@ def _hop_lines(i: int, hop: Hop, verbose: bool) -> list[str]:
         lines.append(f"      [blue]decap[/] VXLAN VNI {d['vni']} from {d['outer_src']} on {d['device']}")
     if hop.route and hop.route.get("chosen"):
         r = hop.route
-        lines.append(f"      route {r['chosen']['dst']}: {r['reason']}")
+        learned = " (learned by BGP: proto bird)" if r["chosen"]["proto"] == "bird" else ""
+        lines.append(f"      route {r['chosen']['dst']}{learned}: {r['reason']}")
         if verbose:
             for c in r["candidates"]:
                 hops = ", ".join(f"via {h['gateway']}" if h["gateway"] else f"dev {h['dev']}" for h in c["nexthops"])

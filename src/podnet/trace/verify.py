@@ -146,25 +146,28 @@ def _ecmp_members(hop: Hop, tracer) -> list[tuple[str, str]]:
 
 
 def _alternatives(path: list[Hop], i: int, tracer) -> list[tuple[str, str]]:
-    """Where hop ``i`` may see the packet instead, when an earlier hop chose among equal paths:
-    the other routers' interfaces, or the switch ports that lead to them."""
+    """Where hop ``i`` may see the packet instead when a route chose among equal paths: its own
+    other ECMP interfaces, the other routers' interfaces, or the switch ports leading to them."""
+    hop = path[i]
+    out: list[tuple[str, str]] = []
+    own = ((hop.route or {}).get("underlay") or hop.route or {}).get("ecmp") or []
+    out += [(hop.netns, m["dev"]) for m in own if m.get("dev")]
     j = i - 1
     while j >= 0 and path[j].kind == "switch":
         j -= 1
     if j < 0:
-        return []
+        return out
     members = _ecmp_members(path[j], tracer)
     if not members:
-        return []
-    hop = path[i]
+        return out
     if hop.kind != "switch":
-        return members
-    ns = tracer.state.namespaces.get(hop.netns)
-    return [
-        (hop.netns, link.name)
-        for link in (ns.links.values() if ns else [])
-        if (link.peer_netns, link.peer_name) in set(members)
-    ]
+        return out + members
+    for router_ns, iface in members:
+        router = tracer.state.namespaces.get(router_ns)
+        link = router.links.get(iface) if router else None
+        if link is not None and link.peer_netns and link.peer_name:
+            out.append((link.peer_netns, link.peer_name))  # the switch port facing that router
+    return out
 
 
 def _matches(hop: Hop, seen: Seen, encapsulated: bool) -> bool:
@@ -321,7 +324,6 @@ def _mark(result: TraceResult, tracer, seen: list[Seen], cold: bool) -> tuple[bo
                     continue
             hop.observed = bool(match)
             if not match:
-                ok = False
                 continue
             count += 1
             hop.captured.append(match[0].describe())
@@ -338,4 +340,15 @@ def _mark(result: TraceResult, tracer, seen: list[Seen], cold: bool) -> tuple[bo
                     f"differs: MACs {match[0].src_mac} -> {match[0].dst_mac}, predicted {p.src_mac} -> {p.dst_mac}"
                 )
                 ok = False
+        # A switch on the link the kernel did not choose is not crossed; when the packet is seen
+        # at the next router, it went over the chosen member's link instead.
+        for i, hop in enumerate(path):
+            if hop.kind != "switch" or hop.observed is not False:
+                continue
+            nxt = next((h for h in path[i + 1 :] if h.kind != "switch"), None)
+            if nxt is not None and nxt.observed and any(h.route and h.route.get("ecmp") for h in path[:i]):
+                hop.observed = True
+                hop.captured.append("crossed the link of the equal-cost member the kernel chose instead")
+                count += 1
+    ok = ok and all(h.observed is not False for h in (*result.hops, *result.reply))  # ok: no header differed
     return (ok, count)
