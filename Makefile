@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PODNET := $(VENV)/bin/podnet
 APT_PACKAGES := iproute2 nftables iptables conntrack tcpdump iperf3 dnsutils curl netcat-openbsd iputils-ping \
-	containernetworking-plugins procps podman runc conmon busybox-static
+	containernetworking-plugins procps podman runc conmon busybox-static graphviz bird2
 export PODNET_STATE_DIR ?= /var/lib/podnet
 
 .PHONY: deps venv demo demo-down test test-unit lint bench clean

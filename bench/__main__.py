@@ -22,7 +22,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from bench import cni, dns, nsutil, pods, services
+from bench import bgp, cni, dns, nsutil, pods, policy, services, throughput
+from bench import trace as trace_suite
 from bench.nsutil import BenchError
 
 # suite name -> (run, cleanup, render)
@@ -39,6 +40,10 @@ SUITES: dict[str, tuple[Callable, Callable, Callable]] = {
         lambda ctx: cni.cleanup(),
         cni.render,
     ),
+    "policy": (lambda ctx, out: out.update(policy.run(log=ctx.log.print)), lambda ctx: policy.cleanup(), policy.render),
+    "throughput": (throughput.run, throughput.cleanup, throughput.render),
+    "bgp": (bgp.run, bgp.cleanup, bgp.render),
+    "trace": (trace_suite.run, trace_suite.cleanup, trace_suite.render),
 }
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REQUIRED = ("ip", "bash", "sysctl", f"{pods.CNI_DIR}/bridge", f"{pods.CNI_DIR}/host-local")

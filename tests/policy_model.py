@@ -109,7 +109,9 @@ DNS_EGRESS = """
 
 
 def policy(name: str, namespace: str, body: str, annotations: str = "") -> str:
-    meta = f"{{name: {name}, namespace: {namespace}" + (f", annotations: {{{annotations}}}" if annotations else "") + "}"
+    meta = (
+        f"{{name: {name}, namespace: {namespace}" + (f", annotations: {{{annotations}}}" if annotations else "") + "}"
+    )
     return f"apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {meta}\nspec:\n{body.strip(chr(10))}\n"
 
 
@@ -194,12 +196,12 @@ IP_BLOCK = policy(
 EGRESS_EXTERNAL = policy(
     "to-ext",
     "x",
-    f"""
-  podSelector: {{matchLabels: {{pod: a}}}}
+    """
+  podSelector: {matchLabels: {pod: a}}
   policyTypes: [Egress]
   egress:
-  - to: [{{ipBlock: {{cidr: 203.0.113.0/24, except: [203.0.113.128/25]}}}}]
-    ports: [{{port: 80}}]
+  - to: [{ipBlock: {cidr: 203.0.113.0/24, except: [203.0.113.128/25]}}]
+    ports: [{port: 80}]
 """,
 )
 

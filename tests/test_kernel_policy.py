@@ -20,6 +20,7 @@ from podnet import cluster as usecases
 from podnet import probe
 from podnet.kernel import nft
 from podnet.plan import plan
+from podnet.plan.policy import LOG_GROUP
 from podnet.spec import load_text
 from tests import policy_model as m
 from tests.conftest import Cluster, assert_observed_equals_plan, leftovers, run_cli, unique_name
@@ -67,7 +68,9 @@ def assert_matrices(c: Cluster, expected: dict[str, str]) -> None:
         want = m.parse_matrix(expected.get(combo) or expected["*"])
         kernel = {(r["from"], r["to"]): r["allowed"] for r in matrix.results}
         model = {(r["from"], r["to"]): r["expected"] for r in matrix.results}
-        outcomes = {(r["from"], r["to"]): r["outcome"] for r in matrix.results if r["allowed"] != want[r["from"], r["to"]]}
+        outcomes = {
+            (r["from"], r["to"]): r["outcome"] for r in matrix.results if r["allowed"] != want[r["from"], r["to"]]
+        }
         assert kernel == want, (
             f"{combo}: the kernel said\n{m.format_matrix(kernel)}\nexpected\n{m.format_matrix(want)}\n{outcomes}"
         )
@@ -101,15 +104,19 @@ def test_no_policy_reaches_everything(pc: Cluster) -> None:
 def test_default_deny_ingress_counts_and_logs_drops(pc: Cluster) -> None:
     apply(pc, m.DENY_INGRESS_X)  # annotated podnet.io/log-drops: "true"
     node = usecases.exec_target(pc.name, "node-1")
-    # x/a is on node-1: its dropped SYNs and datagrams go to nflog group 100.
+    # x/a and x/c are on node-1: what is dropped on their way goes to nflog group 100.
     dump = subprocess.Popen(
-        ["ip", "netns", "exec", node, "tcpdump", "-n", "-l", "-i", f"nflog:{100}", "-c", "1", "dst", "host", ip(pc, "x/a")],
+        ["ip", "netns", "exec", node, "tcpdump", "-n", "-l", "-i", f"nflog:{LOG_GROUP}", "-c", "1"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
-        assert "listening on nflog:100" in dump.stderr.readline()  # tcpdump is ready
+        for line in dump.stderr:  # tcpdump says so once it is capturing
+            if f"listening on nflog:{LOG_GROUP}" in line:
+                break
+        else:
+            pytest.fail("tcpdump did not start")
         assert_matrices(
             pc,
             {
@@ -131,7 +138,8 @@ z/c  X   X   X   .   .   .   .   .   .
     finally:
         dump.kill()
         dump.wait()
-    assert ip(pc, "x/a") in out
+    dst = out.split(" > ")[1].split(":")[0].rsplit(".", 1)[0]  # "10.244.0.2.80: Flags ..." -> the address
+    assert dst in (ip(pc, "x/a"), ip(pc, "x/c")), out
     chain = pc.exec("node-1", "nft", "list", "chain", "ip", "podnet", "ingress-x/a").stdout
     packets = int(chain.split("counter packets ")[1].split()[0])
     assert packets >= 8 * 4  # at least one dropped packet from each of 8 sources on each of 4 ports

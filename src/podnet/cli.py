@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from podnet import cluster as usecases
+from podnet.cli_bgp import add_commands as add_bgp_commands
 from podnet.errors import PodnetError, UsageError
 
 out = Console(highlight=False)
@@ -183,6 +184,22 @@ def cmd_trace(args: argparse.Namespace) -> int:
     return 1 if result.verified is False else 0
 
 
+def cmd_diagram(args: argparse.Namespace) -> int:
+    from podnet import diagram
+
+    if args.file and args.cluster:
+        raise UsageError("give either -c NAME (a running cluster) or -f FILE (a plan), not both")
+    if args.output:
+        diagram.output_format(args.output)  # a bad extension is refused before any work
+    text = usecases.diagram(args.cluster, args.file, args.trace, args.proto, args.port)
+    if not args.output:
+        sys.stdout.write(text)
+        return 0
+    diagram.write(text, args.output)
+    err.print(f"wrote {args.output}")
+    return 0
+
+
 def cmd_probe(args: argparse.Namespace) -> int:
     from podnet import probe
 
@@ -293,6 +310,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", choices=["table", "json"], default="table")
     p.set_defaults(func=cmd_trace)
 
+    p = sub.add_parser("diagram", help="the cluster as a picture (Graphviz), a trace's path drawn over it")
+    p.add_argument("-c", "--cluster", help="draw this running cluster")
+    p.add_argument("-f", "--file", help="draw the plan of this file (no root needed)")
+    p.add_argument("--trace", nargs=2, metavar=("SRC", "DST"), help="draw the path of this trace over it")
+    p.add_argument("--port", type=int, help="with --trace: destination port (default 80 for tcp, 53 for udp)")
+    p.add_argument("--proto", choices=["tcp", "udp", "icmp"], default="tcp", help="with --trace (default tcp)")
+    p.add_argument("-o", "--output", metavar="FILE", help="out.svg, out.png or out.dot (default: dot on stdout)")
+    p.set_defaults(func=cmd_diagram)
+
     p = sub.add_parser("probe", help="probe every pod pair for real and print the reachability matrix")
     common(p)
     p.add_argument("--port", type=int, default=80, help="destination port (default 80)")
@@ -313,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", required=True)
     p.set_defaults(func=cmd_dns_daemon)
     _add_cni_commands(sub)
+    add_bgp_commands(sub)  # routes, fault
     return parser
 
 

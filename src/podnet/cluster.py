@@ -19,7 +19,7 @@ from podnet.kernel.netlink import Sessions
 from podnet.kernel.observe import observe
 from podnet.plan import Plan, plan
 from podnet.reconcile import Change, diff
-from podnet.runtime import process
+from podnet.runtime import bird, process
 from podnet.spec import Spec, load_file, load_text
 from podnet.state import State
 from podnet.store import Store, cluster_dir, cluster_lock, known_clusters
@@ -53,6 +53,7 @@ def observe_cluster(cluster: str, desired: State, sessions: Sessions | None = No
     nft_in = {name for name, ns in desired.namespaces.items() if ns.nft is not None}
     observed = observe(present, _sysctl_keys(desired), sessions, nft_in=nft_in)
     observed.processes = process.observe(cluster_dir(cluster), cluster)
+    observed.processes.update(bird.observe(cluster_dir(cluster), cluster))
     extra = [n for n in present if n not in desired.namespaces]
     return observed, extra
 
@@ -102,6 +103,9 @@ def _process_handler(cluster: str, p: Plan) -> Callable[[Change], None]:
     state_dir = cluster_dir(cluster)
 
     def handle(change: Change) -> None:
+        if bird.is_bird(change.obj):
+            bird.apply_change(state_dir, cluster, change.op, change.obj, p.bgp)
+            return
         daemon = process.DAEMONS[change.obj.name]
         if change.op == "stop_process":
             process.stop(state_dir, cluster, daemon)
@@ -138,7 +142,8 @@ def down(cluster: str, on_wait: Callable[[], None] | None = None) -> DownResult:
     names.check_cluster_name(cluster)
     with cluster_lock(cluster, on_wait=on_wait):
         state_dir = cluster_dir(cluster)
-        stopped = process.stop(state_dir if state_dir.exists() else None, cluster)
+        stopped = bird.stop(state_dir if state_dir.exists() else None, cluster)
+        stopped += process.stop(state_dir if state_dir.exists() else None, cluster)
         present = netns.list_prefixed(names.cluster_prefix(cluster))
         for name in present:
             netns.delete(name)
@@ -298,7 +303,7 @@ def trace(
     file: str | None = None,
     verify: bool = False,
     cold: bool = False,
-):  # noqa: ANN201 - returns a TraceResult
+):
     """Trace a packet through the planned state of FILE, or the observed state of a running cluster.
 
     With a running cluster, what the kernel holds is compared with the plan first and the
@@ -306,6 +311,7 @@ def trace(
     path the plan intends, so on a drifted cluster it fails at the hop where reality departs
     from the plan (and the trace of the kernel as it is says what happens there instead).
     """
+    from podnet.plan.bgp import with_expected_routes
     from podnet.trace import Tracer
     from podnet.trace.walk import TraceError
 
@@ -314,7 +320,8 @@ def trace(
             raise UsageError("--verify sends real packets: it needs a running cluster (-c NAME), not a file")
         spec = load_file(file)
         p = plan(spec, _previous_allocations(spec.cluster.name))
-        tracers = [Tracer(p.state, p.topology, p.state, p.dns_config, mode="planned")]
+        # backend bgp: the plan has no pod routes; trace with those BIRD will install (proto bird).
+        tracers = [Tracer(with_expected_routes(p.state, p.bgp), p.topology, p.state, p.dns_config, mode="planned")]
         drift: list[str] = []
     else:
         name = resolve_cluster(cluster)
@@ -323,7 +330,8 @@ def trace(
         drift = [c.describe() for c in diff(p.state, observed, extra)]
         tracers = [Tracer(observed, p.topology, p.state, p.dns_config, mode="observed")]
         if verify and drift:
-            tracers.append(Tracer(p.state, p.topology, p.state, p.dns_config, mode="planned"))
+            planned = with_expected_routes(p.state, p.bgp)
+            tracers.append(Tracer(planned, p.topology, p.state, p.dns_config, mode="planned"))
     try:
         results = [t.trace(src, dst, proto, port) for t in tracers]
     except TraceError as exc:
@@ -332,11 +340,35 @@ def trace(
     result.drift = sorted(set(result.drift) | set(drift) | {d for r in results for d in r.drift})
     if len(results) > 1:
         now = results[0]
-        result.notes.append(
-            f"the kernel as it is now: {now.verdict} ({now.reason}); verifying the planned path"
-        )
+        result.notes.append(f"the kernel as it is now: {now.verdict} ({now.reason}); verifying the planned path")
     if verify:
         from podnet.trace.verify import verify as run_verify
 
         run_verify(result, tracers[-1], cold=cold)
     return result
+
+
+def diagram(
+    cluster: str | None = None,
+    file: str | None = None,
+    path: tuple[str, str] | None = None,
+    proto: str = "tcp",
+    port: int | None = None,
+) -> str:
+    """The cluster as Graphviz dot text: the plan of FILE or of a running cluster, a trace over it.
+
+    ``path`` (SRC, DST) draws that trace: on the planned state of FILE, or on the observed
+    state of the running cluster (as ``trace`` does).
+    """
+    from podnet import diagram as drawing
+
+    if file is not None:
+        spec = load_file(file)
+        p = plan(spec, _previous_allocations(spec.cluster.name))
+    else:
+        cluster = resolve_cluster(cluster)
+        _, p = load_applied(cluster)
+    result = None
+    if path is not None:
+        result = trace(path[0], path[1], proto, port, cluster=None if file else cluster, file=file)
+    return drawing.to_dot(p.topology, p.state, result)

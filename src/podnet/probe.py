@@ -218,15 +218,16 @@ def _run_batch(checks: list[Check], timeout: float, cursor: PortCursor) -> list[
         resend = time.monotonic() + UDP_RESEND
         while sel.get_map():
             now = time.monotonic()
-            if now >= deadline:
-                break
-            if now >= resend:
+            # Past the deadline, one last look without waiting: what arrived while this
+            # process was not scheduled (a busy machine) still counts.
+            final = now >= deadline
+            if not final and now >= resend:
                 for i in udp:
                     if outcomes[i] is None:
                         with contextlib.suppress(OSError):
                             socks[i].send(b"hostname")
                 resend = now + UDP_RESEND
-            for key, _ in sel.select(min(deadline, resend) - now):
+            for key, _ in sel.select(0 if final else min(deadline, resend) - now):
                 i = key.data
                 sock = socks[i]
                 if checks[i].protocol == "TCP":
@@ -241,6 +242,8 @@ def _run_batch(checks: list[Check], timeout: float, cursor: PortCursor) -> list[
                     except OSError as exc:
                         outcomes[i] = _from_errno(exc.errno)
                 sel.unregister(sock)
+            if final:
+                break
     finally:
         sel.close()
         for sock in socks.values():

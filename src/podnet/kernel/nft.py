@@ -80,7 +80,8 @@ def script(want: NftTable, have: NftTable | None) -> str:
             removals.append(f"delete {s.kind} {t} {_q(name)}")
     # Recreated base chains are deleted before they are added again.
     early = [r for r in removals if r.startswith("delete chain") and r.split()[-1] in recreated]
-    late = [r for r in removals if r not in early]
+    # Sets and maps go before chains: a verdict map's elements hold the chains they jump to.
+    late = sorted((r for r in removals if r not in early), key=lambda r: r.startswith("delete chain"))
     return "\n".join([*flushes, *early, *lines, *body, *late]) + "\n"
 
 
