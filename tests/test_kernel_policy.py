@@ -555,3 +555,14 @@ def test_probe_command_and_a_kernel_that_disagrees(pc: Cluster) -> None:
     proc = run_cli("probe", "-c", pc.name, "--to", "x/a", "--model")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "agrees with the policies on every cell" in proc.stdout
+
+
+def test_trace_names_the_policy_and_verify_agrees(pc: Cluster) -> None:
+    apply(pc, m.ALLOW_WITHIN_X)
+    allowed = usecases.trace("x/b", "x/a", cluster=pc.name, verify=True)
+    assert allowed.verdict == "delivered" and allowed.verified
+    assert any("ingress of x/a: allowed by" in line for h in allowed.hops for line in h.netfilter)
+    dropped = usecases.trace("y/a", "x/a", cluster=pc.name, verify=True)
+    assert dropped.verdict == "dropped" and dropped.reason.startswith("NetworkPolicy: ingress of x/a")
+    assert dropped.verified  # the real packet stops at x/a's node, where the trace says it does
+    assert dropped.hops[-1].kind == "node"

@@ -15,6 +15,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 
+from podnet.plan import policy
 from podnet.plan.system import DNS_POD
 from podnet.plan.topology import Topology
 from podnet.state import Link, NetnsState, State
@@ -227,6 +228,13 @@ class Tracer:
             if frame.wire.dst_mac is not None and frame.wire.dst_mac != bridge.mac:
                 if reply_of is not None and ns.sysctls.get("net.bridge.bridge-nf-call-iptables") == "1":
                     frame.pkt = self._reverse(ns.name, frame.pkt, reply_of, hop)
+                if (
+                    reply_of is None
+                    and frame.outer is None
+                    and ns.sysctls.get("net.bridge.bridge-nf-call-iptables") == "1"
+                    and self._policy_drops(ns, hop, frame.pkt, result)
+                ):
+                    return None
                 port = self._fdb(ns, bridge, frame.wire.dst_mac)
                 hop.bridge = {"bridge": bridge.name, "dst_mac": frame.wire.dst_mac, "port": port, "flood": port is None}
                 if port is None:
@@ -319,6 +327,8 @@ class Tracer:
                 result.verdict = "refused" if f.refused else "dropped"
                 result.reason = f.refused or f.dropped
                 hop.packet = frame.pkt
+                return None
+            if not local and reply_of is None and self._policy_drops(ns, hop, frame.pkt, result):
                 return None
 
         out_dev = decision.nexthop.dev if decision.nexthop else None
@@ -502,6 +512,40 @@ class Tracer:
         if kind is None:
             kind = self._kinds[netns] = self.topo.kind_of(netns)
         return kind
+
+    def _policy_drops(self, ns: NetnsState, hop: Hop, pkt: Packet, result: TraceResult) -> bool:
+        """NetworkPolicy in the forward hook of the node that holds either end: egress of a
+        local source, ingress of a local destination (after DNAT). Replies are never judged:
+        conntrack lets established connections through."""
+        if not self.topo.policies or pkt.proto not in ("tcp", "udp"):
+            return False
+        node = next((n for n in self.topo.nodes.values() if n.netns == ns.name), None)
+        if node is None:
+            return False
+        src = self._pod_by_ip.get(pkt.src_ip)
+        dst = self._pod_by_ip.get(pkt.dst_ip)
+        local = [(p, d) for p, d in ((src, "egress"), (dst, "ingress")) if p is not None and p.node == node.name]
+        if not local:
+            return False
+        v = policy.verdict(self.topo, pkt.src_ip, pkt.dst_ip, pkt.proto, pkt.dport)
+        parts = [part for part in v.reason.split("; ") for p, d in local if part.startswith(f"{d} of {p.key}")]
+        if not parts:
+            return False
+        hop.netfilter.append("NetworkPolicy: " + "; ".join(parts))
+        denied = [part for part in parts if "no rule allows" in part]
+        if denied:
+            hop.packet = pkt
+            result.verdict = "dropped"
+            result.reason = "NetworkPolicy: " + "; ".join(denied)
+            return True
+        return False
+
+    @property
+    def _pod_by_ip(self) -> dict:
+        cached = getattr(self, "_pods_ip_cache", None)
+        if cached is None:
+            cached = self._pods_ip_cache = {p.ip: p for p in self.topo.pods.values()}
+        return cached
 
     def _listener(self, netns: str, pkt: Packet) -> str | None:
         if self._pods_in is None:
