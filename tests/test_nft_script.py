@@ -45,7 +45,7 @@ def test_changing_one_service_touches_only_its_chain_and_elements() -> None:
     assert lines, "something must change"
     for line in lines:
         assert "web-sticky" in line or line.startswith(
-            ("add element ip podnet endpoints-tcp", "delete element ip podnet slots")
+            ("add element ip podnet endpoints-tcp", "add map ip podnet endpoints-tcp", "delete element ip podnet slots")
         ), line
     assert any(line.startswith("flush chain ip podnet svc-shop/web-sticky/tcp/80") for line in lines)
     assert any(line.startswith("delete chain ip podnet ep-shop/web-sticky/tcp/80/") for line in lines)
