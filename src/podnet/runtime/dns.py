@@ -34,7 +34,6 @@ import json
 import logging
 import os
 import random
-import signal
 import socket
 import struct
 import uuid
@@ -45,6 +44,7 @@ from dnslib import DNSError, DNSRecord
 
 from podnet.kernel import netns
 from podnet.plan.dns import absolute, parse_upstream
+from podnet.runtime.loop import publish, serve
 
 log = logging.getLogger("podnet.dns")
 
@@ -549,9 +549,7 @@ class Daemon:
                 if self.bound is not None
             ],
         }
-        tmp = self.dir / (READY + ".tmp")
-        tmp.write_text(json.dumps(ready))
-        tmp.replace(self.dir / READY)
+        publish(self.dir / READY, ready)
         for e in errors:
             log.warning("%s", e)
         if self.zone is not None:
@@ -566,19 +564,7 @@ class Daemon:
         return ready
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        wake = asyncio.Event()
-        stop = asyncio.Event()
-        loop.add_signal_handler(signal.SIGHUP, wake.set)
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
-        loop.add_signal_handler(signal.SIGINT, stop.set)
-        while not stop.is_set():
-            wake.clear()
-            await self.sync()
-            waiters = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stop.wait())]
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-            for w in waiters:
-                w.cancel()
+        await serve(self.sync)
         self._close_sockets()
         for task in list(self.tasks):
             task.cancel()

@@ -18,12 +18,12 @@ import asyncio
 import json
 import logging
 import os
-import signal
 import socket
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from podnet.kernel import netns
+from podnet.runtime.loop import publish, serve
 
 log = logging.getLogger("podnet.netexec")
 
@@ -158,28 +158,14 @@ class Daemon:
                 for (ns, port, proto), (inode, _) in sorted(self.listening.items())
             ],
         }
-        tmp = self.dir / (READY + ".tmp")
-        tmp.write_text(json.dumps(ready))
-        tmp.replace(self.dir / READY)
+        publish(self.dir / READY, ready)
         for e in errors:
             log.warning("%s", e)
         log.info("serving %d sockets (config %s)", len(self.listening), config.get("digest"))
         return ready
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        wake = asyncio.Event()
-        stop = asyncio.Event()
-        loop.add_signal_handler(signal.SIGHUP, wake.set)
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
-        loop.add_signal_handler(signal.SIGINT, stop.set)
-        while not stop.is_set():
-            await self.sync()
-            waiters = [asyncio.ensure_future(wake.wait()), asyncio.ensure_future(stop.wait())]
-            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-            for w in waiters:
-                w.cancel()
-            wake.clear()
+        await serve(self.sync)
         for _, closer in self.listening.values():
             closer.close()  # type: ignore[attr-defined]
         (self.dir / READY).unlink(missing_ok=True)
