@@ -76,13 +76,6 @@ def node_table(
         ],
     )
     t.chain("mark-for-masquerade", None, [NftRule(f"meta mark set meta mark | {MASQ_MARK}")])
-    reject = [
-        NftRule("ip daddr . meta l4proto . th dport vmap @no-endpoints", "services without endpoints"),
-        NftRule(f"ip daddr {node.underlay_ip} meta l4proto . th dport vmap @no-endpoint-nodeports"),
-    ]
-    for hook in ("input", "forward", "output"):
-        t.chain(f"filter-{hook}", ("filter", hook, FILTER, "accept"), reject)
-    t.chain("reject-connection", None, [NftRule("meta l4proto tcp reject with tcp reset"), NftRule("reject")])
 
     t.map("services", "type ipv4_addr . inet_proto . inet_service : verdict")
     t.map("nodeports", "type inet_proto . inet_service : verdict")
@@ -100,6 +93,15 @@ def node_table(
             continue  # headless: DNS only
         for port in svc.ports:
             _service_port(t, node, svc, port)
+    if t.elements["no-endpoints"] or t.elements["no-endpoint-nodeports"]:
+        # Only then: these chains see every forwarded packet, bridged pod traffic included.
+        reject = [
+            NftRule("ip daddr . meta l4proto . th dport vmap @no-endpoints", "services without endpoints"),
+            NftRule(f"ip daddr {node.underlay_ip} meta l4proto . th dport vmap @no-endpoint-nodeports"),
+        ]
+        for hook in ("input", "forward", "output"):
+            t.chain(f"filter-{hook}", ("filter", hook, FILTER, "accept"), reject)
+        t.chain("reject-connection", None, [NftRule("meta l4proto tcp reject with tcp reset"), NftRule("reject")])
     policy.add_to_table(t, node, pods, policies)  # NetworkPolicy: its own chains, maps and sets
     return t.build()
 
