@@ -179,22 +179,29 @@ def _add_link(ns_name: str, link: Link, sessions: Sessions) -> None:
     s = sessions.get(ns_name)
     index = s.next_free_index()
     kwargs: dict = {"ifname": link.name, "kind": link.kind, "index": index}
-    if link.mac:
-        kwargs["address"] = link.mac
-    if link.mtu:
-        kwargs["mtu"] = link.mtu
     if link.kind == "vxlan":
         kwargs.update(vxlan_id=link.vni, vxlan_port=link.dstport, vxlan_learning=int(bool(link.learning)))
         if link.local:
             kwargs["vxlan_local"] = link.local
     if link.kind == "bridge":
         kwargs["br_stp_state"] = 0
+    kwargs.update(_common(link, s))
+    s.ipr.link("add", **kwargs)
+    s.index[link.name] = index
+
+
+def _common(link: Link, s) -> dict:
+    """The creation attributes every kind of link shares: MAC, MTU, bridge, up."""
+    kwargs: dict = {}
+    if link.mac:
+        kwargs["address"] = link.mac
+    if link.mtu:
+        kwargs["mtu"] = link.mtu
     if link.master:
         kwargs["master"] = s.ifindex(link.master)
     if link.up:
         kwargs["state"] = "up"
-    s.ipr.link("add", **kwargs)
-    s.index[link.name] = index
+    return kwargs
 
 
 def _stable_index(ns_name: str, ifname: str) -> int:
@@ -216,15 +223,7 @@ def _add_veth(ns_name: str, link: Link, peer: Link, sessions: Sessions) -> None:
         peer_attrs["address"] = peer.mac
     if peer.mtu:
         peer_attrs["mtu"] = peer.mtu
-    kwargs: dict = {"ifname": link.name, "kind": "veth", "index": index, "peer": peer_attrs}
-    if link.mac:
-        kwargs["address"] = link.mac
-    if link.mtu:
-        kwargs["mtu"] = link.mtu
-    if link.master:
-        kwargs["master"] = s.ifindex(link.master)
-    if link.up:
-        kwargs["state"] = "up"
+    kwargs: dict = {"ifname": link.name, "kind": "veth", "index": index, "peer": peer_attrs, **_common(link, s)}
     s.ipr.link("add", **kwargs)
     s.index[link.name] = index
     other.forget_index(peer.name)  # its index is the kernel's choice; looked up if needed
