@@ -36,7 +36,10 @@ demo: deps venv
 	$(PODNET) exec -c demo client -- sh -c 'echo hostname | nc -u -w1 10.244.0.2 53'; echo
 	@echo "# the Service web.shop by name, through cluster DNS and the nftables service map:"
 	$(PODNET) exec -c demo client -- getent hosts web.shop
-	$(PODNET) exec -c demo client -- sh -c 'for i in 1 2 3 4; do curl -s http://web.shop/hostname; echo; done' 
+	$(PODNET) exec -c demo client -- sh -c 'for i in 1 2 3 4; do curl -s http://web.shop/hostname; echo; done'
+	@echo
+	@echo "# the life of that packet, hop by hop, sent for real and captured at every hop:"
+	$(PODNET) trace -c demo client web.shop --verify
 	@echo
 	@echo "Tear it down with: make demo-down   (or $(PODNET) down -c demo)"
 
