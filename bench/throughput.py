@@ -51,7 +51,7 @@ PID = os.getpid()
 PREFIX = f"pbtp{PID}_"
 RAW_A, RAW_B = f"{PREFIX}a", f"{PREFIX}b"
 RAW_A_IP, RAW_B_IP = "10.199.0.1", "10.199.0.2"
-HOSTGW, VXLAN = f"bt{PID}a", f"bt{PID}b"
+HOSTGW, VXLAN, VXLAN1 = f"bt{PID}a", f"bt{PID}b", f"bt{PID}c"
 DURATION_S = 2
 ROUNDS = 5
 PORT = 5201
@@ -100,6 +100,11 @@ spec:
   underlay: {{cidr: 172.31.0.0/24}}
   nodes: [{{name: node-1}}, {{name: node-2}}]
 {_pods(("a", "node-1"), ("b", "node-1"), ("c", "node-2"))}"""
+
+
+def vxlan_segment_yaml() -> str:
+    """The host-gw cluster's single segment, with the VXLAN backend: the overlay's own cost."""
+    return hostgw_yaml().replace(f"name: {HOSTGW}}}", f"name: {VXLAN1}}}").replace("backend: host-gw", "backend: vxlan")
 
 
 def vxlan_yaml() -> str:
@@ -370,19 +375,22 @@ def run(ctx: Any, out: dict) -> None:
             raise BenchError(f"throughput benchmark: {tool} is missing (make deps installs it)")
     # podnet keeps its state in a temp dir (bench/__main__ sets this for the whole run).
     os.environ.setdefault("PODNET_STATE_DIR", str(ctx.tmp / "state"))
-    out.update(duration_s=DURATION_S, rounds=ROUNDS, prefix=PREFIX, clusters=[HOSTGW, VXLAN])
+    out.update(duration_s=DURATION_S, rounds=ROUNDS, prefix=PREFIX, clusters=[HOSTGW, VXLAN, VXLAN1])
     ctx.log.print(f"throughput: namespaces {PREFIX}*, clusters {HOSTGW} (host-gw) and {VXLAN} (vxlan, racks)")
 
     build_raw()
     hg, out["up_hostgw_s"] = bring_up(ctx, HOSTGW, hostgw_yaml())
     vx, out["up_vxlan_s"] = bring_up(ctx, VXLAN, vxlan_yaml())
+    v1, out["up_vxlan_segment_s"] = bring_up(ctx, VXLAN1, vxlan_segment_yaml())
     a, b, c = (_pod(hg, n) for n in "abc")
+    va, vc = _pod(v1, "a"), _pod(v1, "c")
     x, y = _pod(vx, "x"), _pod(vx, "y")
     paths = [
         Path("veth", "raw veth pair", RAW_A, RAW_B, RAW_B_IP),
         Path("same_node", "pod to pod, same node", a["netns"], b["netns"], b["ip"]),
         Path("host_gw", "pod to pod, host-gw across nodes", a["netns"], c["netns"], c["ip"]),
         Path("vxlan", "pod to pod, vxlan across racks", x["netns"], y["netns"], y["ip"]),
+        Path("vxlan_segment", "pod to pod, vxlan across nodes, one segment", va["netns"], vc["netns"], vc["ip"]),
     ]
     out["pod_mtu"] = {"host_gw": hg["mtu"], "vxlan": vx["mtu"]}
     for p in paths:
@@ -410,7 +418,12 @@ def run(ctx: Any, out: dict) -> None:
     out["load_average_after"] = os.getloadavg()[0]
     out["paths"] = {p.key: {"label": p.label, **_summary(samples[p.key])} for p in paths}
 
-    pairs = {"same_node_vs_veth": ("same_node", "veth"), "vxlan_vs_host_gw": ("vxlan", "host_gw")}
+    pairs = {
+        "same_node_vs_veth": ("same_node", "veth"),
+        "vxlan_vs_host_gw": ("vxlan", "host_gw"),
+        # The overlay's own cost, on the same underlay as host-gw (how the issue's kernel figures compare).
+        "vxlan_segment_vs_host_gw": ("vxlan_segment", "host_gw"),
+    }
     out["ratios"] = {name: _paired(samples, *pair) for name, pair in pairs.items()}
     out["ratios_per_cpu"] = {name: _paired(samples, *pair, key="gbit_per_cpu_s") for name, pair in pairs.items()}
     out["ratios_best"] = {name: _best(out, *pair) for name, pair in pairs.items()}
@@ -434,7 +447,7 @@ def cleanup(ctx: Any) -> list[str]:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         _stop(proc)
-    prefixes = [PREFIX, *(names.cluster_prefix(c) for c in (HOSTGW, VXLAN))]
+    prefixes = [PREFIX, *(names.cluster_prefix(c) for c in (HOSTGW, VXLAN, VXLAN1))]
     if strays := nsutil.find_processes(prefixes):
         nsutil.kill_processes(strays)
     for cluster in dict.fromkeys(_brought_up):
@@ -499,7 +512,8 @@ def render(out: dict, console: Console) -> None:
         f"ratios, median of per-round pairs: same-node/veth {_g(r.get('same_node_vs_veth'))}, "
         f"vxlan/host-gw {_g(r.get('vxlan_vs_host_gw'))}; per CPU-second: {_g(per_cpu.get('same_node_vs_veth'))}, "
         f"{_g(per_cpu.get('vxlan_vs_host_gw'))}; best over best: {_g(best.get('same_node_vs_veth'))}, "
-        f"{_g(best.get('vxlan_vs_host_gw'))}"
+        f"{_g(best.get('vxlan_vs_host_gw'))}; vxlan on host-gw's one segment / host-gw "
+        f"{_g(r.get('vxlan_segment_vs_host_gw'))} (the overlay's own cost, not a target)"
     )
     console.print(
         f"pod MTU host-gw {mtu.get('host_gw')}, vxlan {mtu.get('vxlan')}; load average "
