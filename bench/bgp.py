@@ -17,12 +17,9 @@ cleanup is ``podnet down`` of each, which finds namespaces and BIRDs by name alo
 
 from __future__ import annotations
 
-import itertools
-import json
 import shutil
 import statistics
 import subprocess
-import sys
 import time
 from typing import Any
 
@@ -119,40 +116,6 @@ def bench_build(ctx: Any, out: dict) -> None:
         )
 
 
-PROBER = r"""
-import json, select, socket, sys, time
-ip, port, duration, interval = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind(("0.0.0.0", 40404))
-s.connect((ip, port))
-s.setblocking(False)
-sent, got = {}, {}
-start = time.monotonic()
-seq, next_send, told = 0, start, False
-while time.monotonic() < start + duration:
-    now = time.monotonic()
-    if now >= next_send:
-        try:
-            s.send(f"echo {seq}".encode())
-        except OSError:
-            pass
-        sent[seq] = now
-        seq += 1
-        next_send += interval
-    ready, _, _ = select.select([s], [], [], max(0.0, next_send - time.monotonic()))
-    if ready:
-        try:
-            n = int(s.recv(100).split()[-1])
-        except (OSError, ValueError):
-            continue
-        got.setdefault(n, time.monotonic())
-        if not told:
-            print("flowing", flush=True)
-            told = True
-print(json.dumps({"sent": seq, "answered": [sent[n] for n in sorted(got)]}), flush=True)
-"""
-
-
 def _rx(netns: str, ifname: str) -> int:
     proc = subprocess.run(
         ["ip", "netns", "exec", netns, "cat", f"/sys/class/net/{ifname}/statistics/rx_packets"],
@@ -164,29 +127,12 @@ def _rx(netns: str, ifname: str) -> int:
 
 def _failover_once(name: str, keep_carrier: bool) -> dict:
     from podnet import cluster as usecases
-    from podnet import faults
+    from podnet import faults, outage
 
     _, p = usecases.load_applied(name)
     src, dst = p.topology.pods["default/p1"], p.topology.pods["default/p2"]  # node-1 on leaf-1, node-2 on leaf-2
     spines = {s: p.topology.routers[s].netns for s in ("spine-1", "spine-2")}
-    prober = subprocess.Popen(
-        [
-            "ip",
-            "netns",
-            "exec",
-            src.netns,
-            sys.executable,
-            "-c",
-            PROBER,
-            dst.ip,
-            "53",
-            str(PROBE_S),
-            str(PROBE_INTERVAL_S),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    prober = outage.probe_stream(src.netns, dst.ip, 53, PROBE_S, PROBE_INTERVAL_S)
     try:
         assert prober.stdout is not None
         if prober.stdout.readline().strip() != "flowing":
@@ -210,12 +156,10 @@ def _failover_once(name: str, keep_carrier: bool) -> dict:
         if prober.poll() is None:
             prober.kill()
         faults.heal(name)
-    answered = json.loads(out.strip().splitlines()[-1])["answered"]
-    during = [b - a for a, b in itertools.pairwise(answered) if b >= start and a <= end]
-    after = [t for t in answered if t > end]
-    if not during or not after:
+    seen = outage.outage(outage.report(out), start, end)
+    if seen["outage_ms"] is None or not seen["answered_after"]:
         raise BenchError(f"{name}: traffic did not flow again after the cut")
-    return {"outage_s": max(during) - PROBE_INTERVAL_S, "inject_s": end - start}
+    return {"outage_s": seen["outage_ms"] / 1000, "inject_s": end - start}
 
 
 def bench_failover(ctx: Any, out: dict) -> None:

@@ -8,12 +8,10 @@ Waiting is always on a condition with a deadline, never a fixed sleep.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from podnet import cluster as usecases
-from podnet import faults
+from podnet import faults, outage
 from podnet.kernel.observe import observe
 from podnet.plan.bgp import normalized
 from podnet.runtime import bird
@@ -139,65 +137,8 @@ def test_ecmp_spreads_flows_over_both_spines(fabric: Cluster) -> None:
     assert all(n >= 10 for n in grew.values()), grew
 
 
-PROBER = r"""
-import json, select, socket, sys, time
-ip, port, duration, interval = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind(("0.0.0.0", 40404))  # one flow: one ECMP path
-s.connect((ip, port))
-s.setblocking(False)
-sent, got = {}, {}
-start = time.monotonic()
-seq, next_send, told = 0, start, False
-while time.monotonic() < start + duration:
-    now = time.monotonic()
-    if now >= next_send:
-        try:
-            s.send(f"echo {seq}".encode())
-        except OSError:
-            pass
-        sent[seq] = now
-        seq += 1
-        next_send += interval
-    ready, _, _ = select.select([s], [], [], max(0.0, next_send - time.monotonic()))
-    if ready:
-        try:
-            n = int(s.recv(100).split()[-1])
-        except (OSError, ValueError):
-            continue
-        got.setdefault(n, time.monotonic())
-        if not told:
-            print("flowing", flush=True)
-            told = True
-print(json.dumps({"sent": seq, "interval": interval, "answered": [sent[n] for n in sorted(got)]}), flush=True)
-"""
-
-
-def outage(report: dict, start: float, end: float) -> dict:
-    """What a prober saw of a fault made between monotonic times ``start`` and ``end``: the
-    longest run of unanswered probes that overlaps that window (send times are CLOCK_MONOTONIC,
-    shared by every process)."""
-    answered = report["answered"]
-    pairs = list(itertools.pairwise(answered))
-    during = [b - a for a, b in pairs if b >= start and a <= end]
-    elsewhere = [b - a for a, b in pairs if not (b >= start and a <= end)]
-    return {
-        "sent": report["sent"],
-        "answered": len(answered),
-        "outage_ms": round((max(during) - report["interval"]) * 1000, 1) if during else None,
-        "answered_after": len([t for t in answered if t > end]),
-        "worst_gap_elsewhere_ms": round((max(elsewhere, default=0) - report["interval"]) * 1000, 1),
-    }
-
-
-def probe(c: Cluster, source: str, ip: str, port: int, duration: float, interval: float = 0.002) -> subprocess.Popen:
-    ns = netns_of(c, source)
-    return subprocess.Popen(
-        ["ip", "netns", "exec", ns, sys.executable, "-c", PROBER, ip, str(port), str(duration), str(interval)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+def probe(c: Cluster, source: str, ip: str, port: int, duration: float) -> subprocess.Popen:
+    return outage.probe_stream(netns_of(c, source), ip, port, duration)
 
 
 @pytest.mark.parametrize("keep_carrier", [False, True], ids=["carrier-lost", "gray-failure-bfd"])
@@ -231,7 +172,7 @@ def test_cutting_a_spine_link_keeps_traffic_flowing_through_the_other_spine(
         if prober.poll() is None:
             prober.kill()
         faults.heal(fabric.name)
-    result = outage(json.loads(out.strip().splitlines()[-1]), cut_at, done_at)
+    result = outage.outage(outage.report(out), cut_at, done_at)
     record_property("bgp_failover_outage_ms", result["outage_ms"])
     print(f"\nlink leaf-2 <-> {spine} cut ({'frames dropped' if keep_carrier else 'carrier lost'}): {result}")
     assert result["answered_after"] > 100, result  # flowing again, through the other spine
