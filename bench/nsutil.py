@@ -189,9 +189,8 @@ def icmp_echo(netns: str, dst: str, timeout: float = 2.0) -> bool:
     return in_netns(netns, probe)
 
 
-def _kernel_thread_ticks() -> int:
-    """CPU time (clock ticks) used so far by kernel threads: where namespaces are freed."""
-    total = 0
+def proc_stats() -> Iterator[tuple[int, str, list[str]]]:
+    """(pid, comm, the fields after comm) of every process in /proc/PID/stat."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -200,8 +199,14 @@ def _kernel_thread_ticks() -> int:
                 stat = f.read()
         except OSError:
             continue
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if entry == "2" or fields[1] == "2":  # kthreadd and its children
+        yield int(entry), stat[stat.find("(") + 1 : stat.rfind(")")], stat[stat.rfind(")") + 2 :].split()
+
+
+def _kernel_thread_ticks() -> int:
+    """CPU time (clock ticks) used so far by kernel threads: where namespaces are freed."""
+    total = 0
+    for pid, _, fields in proc_stats():
+        if pid == 2 or fields[1] == "2":  # kthreadd and its children
             total += int(fields[11]) + int(fields[12])
     return total
 

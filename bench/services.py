@@ -346,20 +346,11 @@ _LOADERS = ("nft", "nsenter", "iptables-restor", "xtables-nft-mul", "xtables-leg
 
 def _loader_children() -> list[int]:
     me = os.getpid()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        comm = stat[stat.find("(") + 1 : stat.rfind(")")]
-        ppid = int(stat[stat.rfind(")") + 2 :].split()[1])
-        if ppid == me and comm.startswith(_LOADERS) and (_server is None or int(entry) != _server.pid):
-            found.append(int(entry))
-    return found
+    return [
+        pid
+        for pid, comm, fields in nsutil.proc_stats()
+        if int(fields[1]) == me and comm.startswith(_LOADERS) and (_server is None or pid != _server.pid)
+    ]
 
 
 class TimedOut(Exception):

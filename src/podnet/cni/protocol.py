@@ -77,15 +77,8 @@ def result_problems(result: object, version: str) -> list[str]:
     if result.get("cniVersion") != version:
         out.append(f"cniVersion {result.get('cniVersion')!r} is not the configuration's {version}")
 
-    interfaces = result.get("interfaces", [])
-    if not isinstance(interfaces, list):
-        out.append("interfaces is not a list")
-        interfaces = []
-    for i, iface in enumerate(interfaces):
-        where = f"interfaces[{i}]"
-        if not isinstance(iface, dict):
-            out.append(f"{where} is not an object")
-            continue
+    interfaces = result.get("interfaces") if isinstance(result.get("interfaces"), list) else []
+    for where, iface in _objects(result, "interfaces", out):
         out += [f"{where}: unknown key {k!r}" for k in iface if k not in _INTERFACE_KEYS[version]]
         if not isinstance(iface.get("name"), str) or not iface.get("name"):
             out.append(f"{where}: name missing")
@@ -96,15 +89,7 @@ def result_problems(result: object, version: str) -> list[str]:
         if "mtu" in iface and not (isinstance(iface["mtu"], int) and iface["mtu"] > 0):
             out.append(f"{where}: mtu {iface['mtu']!r} is not a positive integer")
 
-    ips = result.get("ips", [])
-    if not isinstance(ips, list):
-        out.append("ips is not a list")
-        ips = []
-    for i, ip in enumerate(ips):
-        where = f"ips[{i}]"
-        if not isinstance(ip, dict):
-            out.append(f"{where} is not an object")
-            continue
+    for where, ip in _objects(result, "ips", out):
         out += [f"{where}: unknown key {k!r}" for k in ip if k not in ("address", "gateway", "interface")]
         if not _is_cidr(ip.get("address")):
             out.append(f"{where}: address {ip.get('address')!r} is not an address with prefix")
@@ -117,15 +102,7 @@ def result_problems(result: object, version: str) -> list[str]:
         ):
             out.append(f"{where}: interface {ip['interface']!r} is not an index into interfaces")
 
-    routes = result.get("routes", [])
-    if not isinstance(routes, list):
-        out.append("routes is not a list")
-        routes = []
-    for i, route in enumerate(routes):
-        where = f"routes[{i}]"
-        if not isinstance(route, dict):
-            out.append(f"{where} is not an object")
-            continue
+    for where, route in _objects(result, "routes", out):
         out += [f"{where}: unknown key {k!r}" for k in route if k not in _ROUTE_KEYS[version]]
         if not _is_cidr(route.get("dst")):
             out.append(f"{where}: dst {route.get('dst')!r} is not a prefix")
@@ -144,6 +121,22 @@ def result_problems(result: object, version: str) -> list[str]:
                 if k in dns and not (isinstance(dns[k], list) and all(isinstance(v, str) for v in dns[k])):
                     out.append(f"dns.{k} is not a list of strings")
     return out
+
+
+def _objects(result: dict, key: str, out: list[str]) -> list[tuple[str, dict]]:
+    """The entries of list ``key`` that are JSON objects, with where they are; the others are
+    reported in ``out``."""
+    items = result.get(key, [])
+    if not isinstance(items, list):
+        out.append(f"{key} is not a list")
+        return []
+    found = []
+    for i, item in enumerate(items):
+        if isinstance(item, dict):
+            found.append((f"{key}[{i}]", item))
+        else:
+            out.append(f"{key}[{i}] is not an object")
+    return found
 
 
 def _is_mac(value: object) -> bool:
