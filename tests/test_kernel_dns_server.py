@@ -23,6 +23,7 @@ import pytest
 from podnet.kernel import netns
 from podnet.plan.dns import DnsEndpoint, DnsPod, DnsPort, DnsService, digest, zone
 from podnet.runtime.dns import DAEMON_ARG, READY, write_config
+from podnet.runtime.process import cmdline
 
 pytestmark = pytest.mark.root
 
@@ -44,19 +45,11 @@ SERVICES = [
 PODS = [DnsPod("shop", "web-1", "10.244.0.2"), DnsPod("shop", "db-0", "10.244.1.3")]
 
 
-def _cmdline(pid: int) -> list[str]:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
-    except OSError:
-        return []
-
-
 def our_processes() -> list[int]:
     return [
         int(p)
         for p in os.listdir("/proc")
-        if p.isdigit() and DAEMON_ARG in (argv := _cmdline(int(p))) and CLUSTER in argv
+        if p.isdigit() and DAEMON_ARG in (argv := cmdline(int(p))) and CLUSTER in argv
     ]
 
 

@@ -40,6 +40,7 @@ from podnet.kernel import netns as kns
 from podnet.plan import bgp
 from podnet.plan.bgp import BgpPlan, process_name
 from podnet.plan.bird import BirdConfig
+from podnet.runtime.process import cmdline
 from podnet.state import Process
 
 BINARY = "bird"
@@ -68,14 +69,6 @@ def files(state_dir: Path, netns: str) -> Files:
 # --- identity -----------------------------------------------------------------------------
 
 
-def _cmdline(pid: int) -> list[str]:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
-    except OSError:
-        return []
-
-
 def netns_of(argv: list[str], cluster: str) -> str | None:
     """The namespace a BIRD command line serves, if it is one of this cluster's."""
     if not argv or os.path.basename(argv[0]) != BINARY or "-c" not in argv:
@@ -95,14 +88,14 @@ def find(cluster: str, netns: str | None = None) -> dict[int, str]:
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
-        ns = netns_of(_cmdline(int(entry)), cluster)
+        ns = netns_of(cmdline(int(entry)), cluster)
         if ns is not None and (netns is None or ns == netns):
             out[int(entry)] = ns
     return out
 
 
 def _is_ours(pid: int, cluster: str, netns: str) -> bool:
-    return netns_of(_cmdline(pid), cluster) == netns
+    return netns_of(cmdline(pid), cluster) == netns
 
 
 def running_pid(state_dir: Path, cluster: str, netns: str) -> int | None:
@@ -246,13 +239,13 @@ def stop(state_dir: Path | None, cluster: str, netns: str | None = None) -> int:
 def _terminate(pids: list[int], cluster: str) -> set[int]:
     """SIGTERM (BIRD shuts its sessions down with a Cease and withdraws its kernel routes), then
     SIGKILL what is still there after STOP_TIMEOUT. Returns the pids that had to be killed."""
-    identity = {pid: netns_of(_cmdline(pid), cluster) for pid in pids}
+    identity = {pid: netns_of(cmdline(pid), cluster) for pid in pids}
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
 
     def alive() -> list[int]:
-        return [pid for pid in pids if identity[pid] is not None and netns_of(_cmdline(pid), cluster) == identity[pid]]
+        return [pid for pid in pids if identity[pid] is not None and netns_of(cmdline(pid), cluster) == identity[pid]]
 
     deadline = time.monotonic() + STOP_TIMEOUT
     while alive() and time.monotonic() < deadline:

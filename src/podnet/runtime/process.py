@@ -48,7 +48,8 @@ DNS = Daemon("dns", "dns-daemon")
 DAEMONS = {d.name: d for d in (NETEXEC, DNS)}
 
 
-def _cmdline(pid: int) -> list[str]:
+def cmdline(pid: int) -> list[str]:
+    """A process's argv from /proc (empty when it is gone): how podnet recognises its own."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             return [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
@@ -57,7 +58,7 @@ def _cmdline(pid: int) -> list[str]:
 
 
 def _is_ours(pid: int, cluster: str, daemon: Daemon | None = None) -> bool:
-    argv = _cmdline(pid)
+    argv = cmdline(pid)
     if "--cluster" not in argv:
         return False
     i = argv.index("--cluster")

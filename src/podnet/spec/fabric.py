@@ -20,9 +20,8 @@ from __future__ import annotations
 
 import ipaddress
 
-from podnet.errors import SpecError
 from podnet.spec.models import Bgp, ClusterDoc, Fabric, Router, Subnet
-from podnet.spec.yamlpos import Document
+from podnet.spec.yamlpos import Document, spec_error
 
 FABRIC = ("spec", "underlay", "fabric")
 
@@ -47,11 +46,7 @@ def leaf_asn(fabric: Fabric, i: int) -> int:
     return fabric.leafASN + i - 1
 
 
-def _fail(file: str, doc: Document, path: tuple, message: str) -> SpecError:
-    field = ""
-    for part in path:
-        field += f"[{part}]" if isinstance(part, int) else (f".{part}" if field else str(part))
-    return SpecError(file, doc.line_of(path), field, message)
+_fail = spec_error
 
 
 def expand(file: str, doc: Document, cluster: ClusterDoc) -> ClusterDoc:

@@ -41,7 +41,7 @@ from podnet.spec.models import (
     SubnetSpec,
 )
 from podnet.spec.validate import LOG_DROPS_ANNOTATION, subnets_of, validate, validate_policies, validate_services
-from podnet.spec.yamlpos import Document, DuplicateKey, Path, compose_documents
+from podnet.spec.yamlpos import Document, DuplicateKey, Path, compose_documents, field_path
 
 
 def load_file(path: str | FsPath) -> Spec:
@@ -51,13 +51,6 @@ def load_file(path: str | FsPath) -> Spec:
     except OSError as exc:
         raise SpecError(str(path), None, "", f"cannot read file: {exc.strerror}") from exc
     return load_text(text, str(path))
-
-
-def _field(path: Path) -> str:
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
 
 
 def _pydantic_error(file: str, doc: Document, exc: ValidationError, model: type) -> SpecError:
@@ -73,7 +66,7 @@ def _pydantic_error(file: str, doc: Document, exc: ValidationError, model: type)
         msg = "required field is missing"
     elif err["type"] == "literal_error":
         msg = f"got {err.get('input')!r}, {msg[0].lower()}{msg[1:]}"
-    return SpecError(file, doc.line_of(loc), _field(loc), msg)
+    return SpecError(file, doc.line_of(loc), field_path(loc), msg)
 
 
 def _allowed_fields(model: type, path: Path) -> list[str]:
@@ -104,7 +97,7 @@ def load_text(text: str, file: str = "<string>") -> Spec:
     try:
         docs = compose_documents(text)
     except DuplicateKey as dup:
-        raise SpecError(file, dup.line, _field((*dup.path, dup.key)), "duplicate key") from None
+        raise SpecError(file, dup.line, field_path((*dup.path, dup.key)), "duplicate key") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from functools import partial
 
-from podnet.errors import SpecError
 from podnet.spec.models import (
     ClusterBody,
     ClusterDoc,
@@ -16,7 +16,7 @@ from podnet.spec.models import (
     ServiceDoc,
     check_label,
 )
-from podnet.spec.yamlpos import Document
+from podnet.spec.yamlpos import Document, spec_error
 
 
 def validate(
@@ -28,11 +28,7 @@ def validate(
     cdoc, c = cluster
     body = c.spec
 
-    def fail(doc: Document, path: tuple, message: str) -> SpecError:
-        field = ""
-        for part in path:
-            field += f"[{part}]" if isinstance(part, int) else (f".{part}" if field else str(part))
-        return SpecError(file, doc.line_of(path), field, message)
+    fail = partial(spec_error, file)
 
     _validate_network(cdoc, body, fail)
 
@@ -276,11 +272,7 @@ def validate_services(
     vips: dict[str, str] = {}
     node_ports: dict[tuple[int, str], str] = {}
 
-    def fail(doc: Document, path: tuple, message: str) -> SpecError:
-        field = ""
-        for part in path:
-            field += f"[{part}]" if isinstance(part, int) else (f".{part}" if field else str(part))
-        return SpecError(file, doc.line_of(path), field, message)
+    fail = partial(spec_error, file)
 
     for doc, svc in services:
         ns = svc.metadata.namespace or "default"
@@ -417,12 +409,7 @@ def validate_policies(
     seen: set[tuple[str, str]] = set()
 
     for doc, pol in policies:
-
-        def fail(path: tuple, message: str, doc: Document = doc) -> SpecError:
-            field = ""
-            for part in path:
-                field += f"[{part}]" if isinstance(part, int) else (f".{part}" if field else str(part))
-            return SpecError(file, doc.line_of(path), field, message)
+        fail = partial(spec_error, file, doc)
 
         ns = pol.metadata.namespace or "default"
         if ns not in declared:

@@ -72,3 +72,18 @@ def compose_documents(text: str) -> list[Document]:
 
 
 DuplicateKey = _Duplicate
+
+
+def field_path(path: Path) -> str:
+    """``("spec", "nodes", 1, "name")`` -> ``spec.nodes[1].name``: the field as the user reads it."""
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def spec_error(file: str, doc: Document, path: Path, message: str):
+    """The error for ``path`` in ``doc``: file, the line of that field, the field, the message."""
+    from podnet.errors import SpecError
+
+    return SpecError(file, doc.line_of(path), field_path(path), message)
