@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -207,3 +209,32 @@ def assert_observed_equals_plan(name: str) -> None:
         assert {k: have.sysctls.get(k) for k in want.sysctls} == want.sysctls, ns_name
         assert have.nft == want.nft, ns_name
     assert {k: v.digest for k, v in observed.processes.items()} == {k: v.digest for k, v in p.state.processes.items()}
+
+
+def example_text(example: str, name: str) -> str:
+    """An example cluster file with its Cluster renamed (tests never share a cluster name)."""
+    text = (REPO / "examples" / example).read_text()
+    renamed, n = re.subn(r"(kind: Cluster\nmetadata: \{name: )[a-z0-9-]+\}", rf"\g<1>{name}}}", text, count=1)
+    assert n == 1, f"examples/{example} has no 'metadata: {{name: ...}}' after 'kind: Cluster'"
+    return renamed
+
+
+@contextmanager
+def example_cluster(
+    tmp_path_factory: pytest.TempPathFactory,
+    example: str,
+    prefix: str,
+    ready: Callable[[Cluster], object] | None = None,
+) -> Iterator[Cluster]:
+    """One of examples/*.yaml, up under a unique name; down, and checked for leftovers, after."""
+    name = unique_name(prefix)
+    c = Cluster(name, Path(tmp_path_factory.mktemp(prefix)) / example)
+    c.write(example_text(example, name))
+    try:
+        c.up()
+        if ready is not None:
+            ready(c)
+        yield c
+    finally:
+        usecases.down(name)
+        assert leftovers(name) == []

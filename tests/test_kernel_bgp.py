@@ -14,7 +14,6 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
@@ -24,7 +23,7 @@ from podnet.kernel.observe import observe
 from podnet.plan.bgp import normalized
 from podnet.runtime import bird
 from podnet.store import cluster_dir
-from tests.conftest import REPO, Cluster, assert_observed_equals_plan, leftovers, run_cli, unique_name
+from tests.conftest import Cluster, assert_observed_equals_plan, example_cluster, leftovers, run_cli
 
 pytestmark = [
     pytest.mark.root,
@@ -36,17 +35,8 @@ CONVERGE_S = 20.0
 
 @pytest.fixture(scope="module")
 def fabric(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    name = unique_name("b")
-    text = (REPO / "examples" / "fabric.yaml").read_text().replace("name: fabric", f"name: {name}")
-    c = Cluster(name, Path(tmp_path_factory.mktemp("fabric")) / "fabric.yaml")
-    c.write(text)
-    try:
-        c.up()
-        converge(c)
+    with example_cluster(tmp_path_factory, "fabric.yaml", "b", ready=converge) as c:
         yield c
-    finally:
-        usecases.down(name)
-        assert leftovers(name) == []
 
 
 def wait_for(condition: Callable[[], object], what: str, deadline_s: float = CONVERGE_S) -> float:

@@ -3,28 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from podnet import cluster as usecases
 from podnet.runtime import process
 from podnet.store import cluster_dir
-from tests.conftest import REPO, Cluster, leftovers, status_json, unique_name
+from tests.conftest import Cluster, example_cluster, status_json
 
 pytestmark = pytest.mark.root
 
 
 @pytest.fixture(scope="module")
 def dns(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    name = unique_name("d")
-    text = (REPO / "examples" / "services.yaml").read_text().replace("name: svc}", f"name: {name}}}")
-    c = Cluster(name, Path(tmp_path_factory.mktemp("dns")) / "services.yaml")
-    c.write(text)
-    c.up()
-    yield c
-    usecases.down(name)
-    assert leftovers(name) == []
+    with example_cluster(tmp_path_factory, "services.yaml", "d") as c:
+        yield c
 
 
 def dig(c: Cluster, *args: str) -> str:

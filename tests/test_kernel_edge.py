@@ -11,21 +11,22 @@ from pathlib import Path
 import pytest
 
 from podnet import cluster as usecases
-from tests.conftest import REPO, Cluster, assert_observed_equals_plan, leftovers, status_json, unique_name
+from tests.conftest import (
+    REPO,
+    Cluster,
+    assert_observed_equals_plan,
+    example_cluster,
+    example_text,
+    status_json,
+)
 
 pytestmark = pytest.mark.root
 
 
 @pytest.fixture(scope="module")
 def racks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    name = unique_name("r")
-    text = (REPO / "examples" / "racks.yaml").read_text().replace("name: racks", f"name: {name}")
-    c = Cluster(name, Path(tmp_path_factory.mktemp("racks")) / "racks.yaml")
-    c.write(text)
-    c.up()
-    yield c
-    usecases.down(name)
-    assert leftovers(name) == []
+    with example_cluster(tmp_path_factory, "racks.yaml", "r") as c:
+        yield c
 
 
 def info(c: Cluster) -> dict:
@@ -199,8 +200,7 @@ def test_racks_down_leaves_root_namespace_identical(make_cluster) -> None:
     from tests.rootsnap import differences, snapshot
 
     before = snapshot()
-    text = (REPO / "examples" / "racks.yaml").read_text()
-    c = make_cluster(lambda n: text.replace("name: racks", f"name: {n}"))
+    c = make_cluster(lambda n: example_text("racks.yaml", n))
     c.up()
     assert differences(before, snapshot()).keys() <= {"netns"}
     c.down()

@@ -5,20 +5,16 @@ from __future__ import annotations
 import sys
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from podnet import cluster as usecases
 from tests.conftest import (
-    REPO,
     Cluster,
     assert_observed_equals_plan,
     cluster_yaml,
-    leftovers,
+    example_cluster,
     run_cli,
     status_json,
-    unique_name,
 )
 
 pytestmark = pytest.mark.root
@@ -26,14 +22,8 @@ pytestmark = pytest.mark.root
 
 @pytest.fixture(scope="module")
 def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    name = unique_name("s")
-    text = (REPO / "examples" / "services.yaml").read_text().replace("name: svc}", f"name: {name}}}")
-    c = Cluster(name, Path(tmp_path_factory.mktemp("svc")) / "services.yaml")
-    c.write(text)
-    c.up()
-    yield c
-    usecases.down(name)
-    assert leftovers(name) == []
+    with example_cluster(tmp_path_factory, "services.yaml", "s") as c:
+        yield c
 
 
 def service(c: Cluster, name: str) -> dict:

@@ -5,41 +5,34 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from podnet import cluster as usecases
 from podnet.trace import Tracer
-from tests.conftest import REPO, Cluster, cluster_yaml, leftovers, unique_name
+from tests.conftest import Cluster, cluster_yaml, example_cluster
 
 pytestmark = pytest.mark.root
 
 
-def _cluster(tmp_path_factory: pytest.TempPathFactory, example: str, old: str) -> Iterator[Cluster]:
-    name = unique_name("v")
-    text = (REPO / "examples" / example).read_text().replace(f"name: {old}}}", f"name: {name}}}")
-    c = Cluster(name, Path(tmp_path_factory.mktemp(old)) / example)
-    c.write(text)
-    c.up()
-    yield c
-    usecases.down(name)
-    assert leftovers(name) == []
+def _cluster(tmp_path_factory: pytest.TempPathFactory, example: str) -> Iterator[Cluster]:
+    with example_cluster(tmp_path_factory, example, "v") as c:
+        yield c
 
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    yield from _cluster(tmp_path_factory, "quickstart.yaml", "demo")
+    yield from _cluster(tmp_path_factory, "quickstart.yaml")
 
 
 @pytest.fixture(scope="module")
 def racks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    yield from _cluster(tmp_path_factory, "racks.yaml", "racks")
+    yield from _cluster(tmp_path_factory, "racks.yaml")
 
 
 @pytest.fixture(scope="module")
 def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    yield from _cluster(tmp_path_factory, "services.yaml", "svc")
+    yield from _cluster(tmp_path_factory, "services.yaml")
 
 
 def verified(c: Cluster, src: str, dst: str, **kw: object):
