@@ -321,12 +321,7 @@ class Tracer:
             else:
                 frame.outer = frame.outer.with_(ttl=frame.outer.ttl - 1)
         if view is not None and frame.outer is None:
-            f = netfilter.filter_hook(view, frame.pkt, node_ip)
-            if f.refused or f.dropped:
-                hop.netfilter.append(f"filter {'output' if local else 'forward'}: {f.refused or f.dropped}")
-                result.verdict = "refused" if f.refused else "dropped"
-                result.reason = f.refused or f.dropped
-                hop.packet = frame.pkt
+            if self._filtered(view, frame.pkt, node_ip, "output" if local else "forward", hop, result):
                 return None
             if not local and reply_of is None and self._policy_drops(ns, hop, frame.pkt, result):
                 return None
@@ -476,14 +471,8 @@ class Tracer:
             hop.packet = frame.pkt
             return self._transmit(ns, hop, frame, out_link, mac, result)
 
-        if view is not None:
-            f = netfilter.filter_hook(view, pkt, node_ip)
-            if f.refused or f.dropped:
-                hop.netfilter.append(f"filter input: {f.refused or f.dropped}")
-                result.verdict = "refused" if f.refused else "dropped"
-                result.reason = f.refused or f.dropped
-                hop.packet = frame.pkt
-                return None
+        if view is not None and self._filtered(view, pkt, node_ip, "input", hop, result):
+            return None
         hop.out_if = decision.nexthop.dev if decision.nexthop and decision.nexthop.dev == "lo" else None
         if hop.in_if is None:
             hop.notes.append(f"{pkt.dst_ip} is local: delivered over the loopback interface")
@@ -512,6 +501,17 @@ class Tracer:
         if kind is None:
             kind = self._kinds[netns] = self.topo.kind_of(netns)
         return kind
+
+    def _filtered(self, view, pkt: Packet, node_ip: str | None, hook: str, hop: Hop, result: TraceResult) -> bool:
+        """podnet's filter chains (services without endpoints): True when they end the packet here."""
+        f = netfilter.filter_hook(view, pkt, node_ip)
+        if not (f.refused or f.dropped):
+            return False
+        hop.netfilter.append(f"filter {hook}: {f.refused or f.dropped}")
+        result.verdict = "refused" if f.refused else "dropped"
+        result.reason = f.refused or f.dropped
+        hop.packet = pkt
+        return True
 
     def _policy_drops(self, ns: NetnsState, hop: Hop, pkt: Packet, result: TraceResult) -> bool:
         """NetworkPolicy in the forward hook of the node that holds either end: egress of a
