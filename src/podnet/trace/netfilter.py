@@ -32,10 +32,16 @@ class NatResult:
 
 
 class TableView:
-    def __init__(self, have: NftTable, planned: NftTable | None) -> None:
+    """One namespace's table as the kernel holds it; a chain whose rule ids differ from the
+    plan's is reported in ``drift`` (as "<netns>: nftables chain <name> differs from the plan")."""
+
+    def __init__(
+        self, have: NftTable, planned: NftTable | None, netns: str = "", drift: list[str] | None = None
+    ) -> None:
         self.have = have
         self.planned = planned
-        self.drift: list[str] = []
+        self.netns = netns
+        self.drift: list[str] = [] if drift is None else drift
 
     def rules(self, chain: str) -> list[str]:
         got = self.have.chains.get(chain)
@@ -43,7 +49,7 @@ class TableView:
             return []
         want = self.planned.chains.get(chain) if self.planned else None
         if want is None or want.ids != got.ids:
-            self.drift.append(chain)
+            self.drift.append(f"{self.netns}: nftables chain {chain} differs from the plan")
             if want is None:
                 return []
         return [r.text for r in want.rules]

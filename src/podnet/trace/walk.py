@@ -567,8 +567,7 @@ class Tracer:
         if ns.nft is None:
             return None
         planned_ns = self.planned.namespaces.get(ns.name)
-        view = netfilter.TableView(ns.nft, planned_ns.nft if planned_ns else None)
-        return _DriftRecorder(view, ns.name, self.drift)
+        return netfilter.TableView(ns.nft, planned_ns.nft if planned_ns else None, ns.name, self.drift)
 
     def _node_ip(self, netns: str) -> str | None:
         return next((n.underlay_ip for n in self.topo.nodes.values() if n.netns == netns), None)
@@ -685,19 +684,3 @@ class Tracer:
                 "outer_dst_mac": o.dst_mac,
                 "outer_ttl": o.ttl,
             }
-
-
-class _DriftRecorder(netfilter.TableView):
-    """A table view that reports chains whose kernel rules differ from the plan."""
-
-    def __init__(self, view: netfilter.TableView, netns: str, sink: list[str]) -> None:
-        super().__init__(view.have, view.planned)
-        self._netns = netns
-        self._sink = sink
-
-    def rules(self, chain: str) -> list[str]:
-        before = len(self.drift)
-        out = super().rules(chain)
-        if len(self.drift) > before:
-            self._sink.append(f"{self._netns}: nftables chain {chain} differs from the plan")
-        return out
