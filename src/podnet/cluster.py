@@ -8,7 +8,7 @@ from __future__ import annotations
 import shutil
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -135,7 +135,6 @@ class DownResult:
     namespaces: int
     processes: int
     state_removed: bool
-    removed: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return {
@@ -162,7 +161,7 @@ def down(cluster: str, on_wait: Callable[[], None] | None = None) -> DownResult:
         shutil.rmtree(state_dir, ignore_errors=True)
         # Removed while held: a command waiting on it notices and locks the new file instead.
         (state_dir.parent / f".{cluster}.lock").unlink(missing_ok=True)
-    return DownResult(cluster, len(present), stopped, existed, present)
+    return DownResult(cluster, len(present), stopped, existed)
 
 
 def resolve_cluster(name: str | None) -> str:

@@ -133,10 +133,6 @@ def parse_bfd(lines: list[tuple[int, str]]) -> dict[str, str]:
     return out
 
 
-def _ip(value: str | None) -> int:
-    return int(ipaddress.IPv4Address(value)) if value else 0
-
-
 def decide(best: RibPath, other: RibPath) -> str | None:
     """The first step of BIRD's decision process where ``best`` beats ``other`` (None: a tie up
     to the router id, i.e. the two are merged into one ECMP route)."""

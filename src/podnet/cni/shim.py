@@ -324,13 +324,6 @@ def parse_config(command: str, text: str) -> tuple[str, dict]:
     return check_config(conf, command), conf
 
 
-def parse_request(environ, stdin: str) -> tuple[str, str, dict, dict]:
-    """Check a whole request: returns (command, cniVersion, parameters, configuration)."""
-    command, params = parse_env(environ)
-    version, conf = parse_config(command, stdin)
-    return command, version, params, conf
-
-
 def version_answer(stdin: str) -> str:
     """VERSION: the versions podnet-cni speaks, in the version the caller asked in (if any)."""
     asked = SPEC_VERSION

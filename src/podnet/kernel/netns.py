@@ -126,13 +126,6 @@ def entered(name: str) -> Iterator[int]:
         os.close(fd)
 
 
-def enter_for_good(name: str) -> None:
-    """Move this thread into ``name`` without returning (for exec'ing a command there)."""
-    fd = os.open(path(name), os.O_RDONLY | os.O_CLOEXEC)
-    _check(_libc.setns(fd, CLONE_NEWNET), f"setns({name})")
-    os.close(fd)
-
-
 def read_sysctl(key: str) -> str | None:
     """Read a sysctl of the current thread's namespace ('net.ipv4.ip_forward')."""
     try:

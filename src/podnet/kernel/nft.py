@@ -161,7 +161,3 @@ def _element(e: object, kind: str) -> str:
     if kind == "map" and isinstance(e, list):
         return f"{_value(e[0])} : {_value(e[1])}"
     return _value(e)
-
-
-def list_ruleset(ns: str) -> str:
-    return _nft(ns, ["list", "ruleset"]).stdout

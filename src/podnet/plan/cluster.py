@@ -32,10 +32,6 @@ class Plan:
     bgp: bgp.BgpPlan | None = None  # backend bgp: speakers, sessions, BIRD configs
 
 
-def _ip_key(ip: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in ip.split("."))
-
-
 def plan(spec: Spec, previous: Allocations | None = None) -> Plan:
     previous = previous or {}
     spec = with_system_objects(spec)

@@ -13,7 +13,6 @@ from podnet.plan import dns
 from podnet.spec.models import Pod, Port, Service, ServicePort, Spec
 
 DNS_POD = "kube-system/coredns"
-DNS_SERVICE = "kube-system/kube-dns"
 DNS_LABELS = {"k8s-app": "kube-dns"}
 
 

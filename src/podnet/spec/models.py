@@ -430,11 +430,6 @@ class ClusterSpec:
     fabric: Fabric | None = None  # the leaf-spine layout the subnets and routers came from
     bgp: Bgp | None = None  # backend bgp, mode resolved
 
-    @property
-    def underlay_cidr(self) -> ipaddress.IPv4Network:
-        """The first segment's CIDR (the whole underlay in the one-segment form)."""
-        return self.subnets[0].cidr
-
 
 @dataclass(frozen=True)
 class SelectorRequirement:
