@@ -57,9 +57,13 @@ def test_incremental_change_touches_only_the_difference(make_cluster) -> None:
     assert added["summary"]["add_netns"] == 1
     assert added["summary"]["add_veth"] == 1
     assert added["summary"]["reload_process"] == 2  # netexec serves it; DNS learns its pod record
-    assert all(
-        p.startswith("podnet_") and "web-3" in d for d in added["details"] for p in [d.split()[1]] if "netns" in d
-    )
+    assert [d for d in added["details"] if d.startswith("add_netns")] == [f"add_netns podnet_{c.name}_shop_web-3"]
+    # Only the new pod's namespace and its node change (and the daemons reload); nothing is deleted.
+    pod_ns = f"podnet_{c.name}_shop_web-3"
+    node_ns = f"podnet_{c.name}_" + next(p["node"] for p in c.status()["pods"] if p["name"] == "web-3")
+    touched = {d.split()[1] for d in added["details"] if not d.startswith("reload_process")}
+    assert touched <= {pod_ns, node_ns}, touched
+    assert not [d for d in added["details"] if d.startswith("del_")]
     after = {p["name"]: p["ip"] for p in c.status()["pods"]}
     assert {k: after[k] for k in ip_before} == ip_before  # existing pods keep their addresses
     assert c.curl("client", f"http://{after['web-3']}/hostname") == "web-3"
