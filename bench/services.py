@@ -1,11 +1,13 @@
 """The services benchmark: podnet's nftables Services beside kube-proxy's iptables mode.
 
-1. Sync: 10,000 ClusterIP services (TCP) with 10 endpoints each. podnet builds its node table
-   (``podnet.plan.nat.node_table`` from ``ServiceInfo`` objects, timed as "plan"), renders it
-   (``podnet.kernel.nft.script``) and loads it (``podnet.kernel.nft.load``, one ``nft -f``
-   through nsenter) into a fresh node namespace; then one endpoint of one service is replaced
-   and only the difference to the table it wrote is loaded (``script(new, old)``: the kernel
-   is not listed again). The baseline is the same services written the way kube-proxy's
+1. Sync: 10,000 ClusterIP services (TCP) with 10 endpoints each, their 100,000 pods 100 to a
+   node (the timed node holds 100 of them, as a Kubernetes node holds at most 110 pods; they
+   are the hairpin set). podnet builds its node table (``podnet.plan.nat.node_table`` from
+   ``ServiceInfo`` objects, timed as "plan") and loads it (``podnet.kernel.nft.load``: the
+   table's declarations through ``nft -f``, then the service chains' rules and the maps'
+   elements in one nf_tables netlink batch) into a fresh node namespace; then one endpoint of
+   one service is replaced and only the difference to the table it wrote is loaded
+   (``load(new, old)``: the kernel is not listed again). The baseline is the same services written the way kube-proxy's
    iptables mode writes them (KUBE-SERVICES with one rule per service, a KUBE-SVC chain per
    service with ``statistic`` rules to a KUBE-SEP chain per endpoint doing DNAT and the
    masquerade mark) and loaded with the system's ``iptables-restore`` in another namespace:
@@ -80,7 +82,8 @@ POD_CIDR = "10.124.0.0/14"  # endpoints and the client: its traffic is not masqu
 PORT = 80
 TARGET_PORT = 8080
 MASQ_MARK = "0x4000"
-NODE = "node-1"
+NODE = "node-1"  # the node whose table is built and timed
+PODS_PER_NODE = 100  # endpoints live 100 to a node (Kubernetes runs at most 110 pods on one)
 
 PREFIX = f"pbsvc{os.getpid()}_"
 _server: subprocess.Popen | None = None
@@ -97,6 +100,11 @@ def endpoint_ip(k: int) -> str:
     return str(ipaddress.IPv4Address("10.124.0.0") + 1 + k)
 
 
+def pod_node(k: int) -> str:
+    """The node of endpoint pod ``k``: the first PODS_PER_NODE are on NODE, the rest elsewhere."""
+    return f"node-{1 + k // PODS_PER_NODE}"
+
+
 def make_services(count: int) -> list[Any]:
     """``count`` ClusterIP services with ENDPOINTS endpoints each, as podnet's planner describes them."""
     from podnet.plan.topology import SLOT_WIDTH, Endpoint, ServiceInfo, ServicePortInfo
@@ -105,7 +113,12 @@ def make_services(count: int) -> list[Any]:
     for i in range(count):
         ns = f"ns{i % 10}"
         eps = tuple(
-            Endpoint(f"{ns}/pod-{i * ENDPOINTS + j:06d}", endpoint_ip(i * ENDPOINTS + j), NODE, TARGET_PORT)
+            Endpoint(
+                f"{ns}/pod-{i * ENDPOINTS + j:06d}",
+                endpoint_ip(i * ENDPOINTS + j),
+                pod_node(i * ENDPOINTS + j),
+                TARGET_PORT,
+            )
             for j in range(ENDPOINTS)
         )
         port = ServicePortInfo("http", "TCP", PORT, None, eps, (i + 1) * SLOT_WIDTH)
@@ -412,27 +425,28 @@ def bench_nft(ctx: Any, out: dict, services: list[Any]) -> None:
         table = node_table(node, [], svcs, POD_CIDR, SERVICE_CIDR)
         return table, time.perf_counter() - start
 
-    ctx.log.print(f"services: podnet plan + nft load of {SERVICES:,} services into a fresh node namespace")
+    ctx.log.print(f"services: podnet plan + load of {SERVICES:,} services into a fresh node namespace")
     want, plan_s = plan(services)
     start = time.perf_counter()
-    text = nft.script(want, None)
-    script_s = time.perf_counter() - start
+    sync = nft.plan_sync(want, None)
+    diff_s = time.perf_counter() - start
     res.update(
         rules=want.rule_count,
         chains=len(want.chains),
         elements=sum(len(s.elements) for s in want.sets.values()),
-        script_lines=text.count("\n"),
-        script_mb=len(text) / 1e6,
+        nft_lines=len(sync.before) + len(sync.after),
+        batch_messages=len(sync.batch.messages) if sync.batch else 0,
+        batch_mb=sync.batch.nbytes / 1e6 if sync.batch else 0.0,
     )
-    del text
+    del sync
     nsutil.settle()
     try:
         _, load_s = bounded(lambda: nft.load(big.router, want, None))
     except TimedOut as exc:
-        res["full_sync_error"] = f"nft -f {exc}"
+        res["full_sync_error"] = f"load {exc}"
         ctx.log.print(f"[red]services: podnet's full load {exc}[/]")
         return
-    syncs = [(plan_s, script_s, load_s)]
+    syncs = [(plan_s, diff_s, load_s)]
     if load_s < REPEAT_FULL_SYNC_UNDER_S:
         for r in range(2):  # fast enough to repeat in fresh namespaces: the median is reported
             scratch = f"{PREFIX}sync{r}"
@@ -440,22 +454,22 @@ def bench_nft(ctx: Any, out: dict, services: list[Any]) -> None:
             try:
                 table, p_s = plan(services)
                 s0 = time.perf_counter()
-                nft.script(table, None)
+                nft.plan_sync(table, None)
                 s_s = time.perf_counter() - s0
                 nsutil.settle()
                 _, l_s = bounded(lambda t=table, ns=scratch: nft.load(ns, t, None))
                 syncs.append((p_s, s_s, l_s))
             finally:
                 nsutil.delete_netns([scratch])
-    p_s, s_s, l_s = sorted(syncs, key=sum)[(len(syncs) - 1) // 2]
+    p_s, s_s, l_s = sorted(syncs, key=lambda run: run[0] + run[2])[(len(syncs) - 1) // 2]
     res.update(
         full_sync_s=p_s + l_s,
         full_sync_plan_s=p_s,
-        full_sync_script_s=s_s,
-        full_sync_nft_s=l_s - s_s,
+        full_sync_script_s=s_s,  # diff and encoding (plan_sync), part of the load
+        full_sync_nft_s=l_s - s_s,  # nft -f for the declarations, and the netlink batch
         full_sync_runs_s=[p + lo for p, _, lo in syncs],
     )
-    ctx.log.print(f"services: podnet full sync {p_s + l_s:.3f} s (plan {p_s:.3f}, nft load {l_s:.3f})")
+    ctx.log.print(f"services: podnet full sync {p_s + l_s:.3f} s (plan {p_s:.3f}, load {l_s:.3f})")
 
     have = want
     changes = []
@@ -465,27 +479,33 @@ def bench_nft(ctx: Any, out: dict, services: list[Any]) -> None:
         services = [*services[:idx], replace_endpoint(services[idx], new_ip), *services[idx + 1 :]]
         new, p_s = plan(services)
         start = time.perf_counter()
-        text = nft.script(new, have)
+        sync = nft.plan_sync(new, have)
         s_s = time.perf_counter() - start
         _, l_s = bounded(lambda n=new, h=have: nft.load(big.router, n, h))
-        changes.append({"plan_s": p_s, "script_s": s_s, "load_s": l_s, "lines": text.count("\n")})
+        lines = len(sync.before) + len(sync.after)
+        changes.append({"plan_s": p_s, "script_s": s_s, "load_s": l_s, "lines": lines, "batch": sync.batch})
         have = new
     mid = sorted(changes, key=lambda c: c["load_s"])[(len(changes) - 1) // 2]
     res.update(
-        change_s=mid["load_s"],  # script(new, old) + nft -f: what nft.load does
+        change_s=mid["load_s"],  # diff + nft (none here) + netlink batch: what nft.load does
         change_script_s=mid["script_s"],
         change_plan_s=mid["plan_s"],
         change_lines=mid["lines"],
+        change_batch=mid["batch"].what if mid["batch"] else [],
         change_runs_ms=[round(c["load_s"] * 1000, 2) for c in changes],
     )
-    ctx.log.print(f"services: podnet one-service change {mid['load_s'] * 1000:.1f} ms ({mid['lines']} nft lines)")
+    ctx.log.print(
+        f"services: podnet one-service change {mid['load_s'] * 1000:.1f} ms "
+        f"({mid['lines']} nft lines, batch: {'; '.join(res['change_batch'])})"
+    )
 
     same, _ = plan(services)  # rebuilt, as a converged sync does: equal, but other objects
     _, res["noop_s"] = bounded(lambda: nft.load(big.router, same, have))
     ctx.log.print("services: podnet re-reading its table from the kernel (nft -j list + parse), as observe does")
     observed, res["observe_s"] = bounded(lambda: nft.observe(big.router))
     res["observe_equal"] = observed == have
-    res["observe_diff_lines"] = nft.script(have, observed).count("\n") - 1  # less "add table"
+    left = nft.plan_sync(have, observed)
+    res["observe_diff_lines"] = len(left.before) + len(left.after) + (len(left.batch.messages) if left.batch else 0)
 
     small = CASES[0]
     table = node_table(node_info(small.router_client_ip), [], services[-SMALL:], POD_CIDR, SERVICE_CIDR)
@@ -802,9 +822,11 @@ def render(out: dict, console: Console) -> None:
             f"podnet full sync, {n} services",
             _s(nft.get("full_sync_s")),
             f"fresh node netns; plan (node_table) {_ms(nft.get('full_sync_plan_s'))}, "
-            f"script {_ms(nft.get('full_sync_script_s'))}, nft -f {_s(nft.get('full_sync_nft_s'))}; "
-            f"{nft.get('chains', 0):,} chains, {nft.get('rules', 0):,} rules, {nft.get('elements', 0):,} map/set "
-            f"elements, {nft.get('script_lines', 0):,} lines ({nft.get('script_mb', 0):.1f} MB)",
+            f"diff and encoding {_ms(nft.get('full_sync_script_s'))}, kernel (nft -f of "
+            f"{nft.get('nft_lines', 0):,} declarations, then one netlink batch of "
+            f"{nft.get('batch_messages', 0):,} messages, {nft.get('batch_mb', 0):.1f} MB) "
+            f"{_s(nft.get('full_sync_nft_s'))}; {nft.get('chains', 0):,} chains, {nft.get('rules', 0):,} rules, "
+            f"{nft.get('elements', 0):,} map/set elements",
         )
         if len(nft.get("full_sync_runs_s", [])) > 1:
             row("  runs", "", "median of " + ", ".join(f"{v:.3f}" for v in nft["full_sync_runs_s"]) + " (s)")
@@ -812,22 +834,23 @@ def render(out: dict, console: Console) -> None:
         row(
             "podnet one-service change",
             _ms(change),
-            f"script(new, old) {_ms(script)} + nft -f {_ms(None if change is None else change - script)}, "
-            f"one endpoint replaced, {nft.get('change_lines', '?')} nft lines; median of "
+            f"diff {_ms(script)} + kernel {_ms(None if change is None else change - script)}: "
+            f"one endpoint replaced, {nft.get('change_lines', '?')} nft lines, netlink batch: "
+            f"{'; '.join(nft.get('change_batch', [])) or 'none'}; median of "
             f"{', '.join(str(v) for v in nft.get('change_runs_ms', []))} (ms); rebuilding the desired table "
             f"first (node_table) adds {_ms(nft.get('change_plan_s'))}",
         )
         row(
             "podnet sync with nothing changed",
             _ms(nft.get("noop_s")),
-            "script(rebuilt table, old) + nft -f (an empty transaction)",
+            "diff of the rebuilt table against the old one: nothing to send, nothing sent",
         )
         if "observe_s" in nft:
             row(
                 "podnet re-reading its table",
                 _s(nft.get("observe_s")),
                 f"nft -j list + parse (kernel.nft.observe, what observe/podnet up does each time); "
-                f"equal to what was written: {nft.get('observe_equal')}, diff {nft.get('observe_diff_lines')} lines",
+                f"equal to what was written: {nft.get('observe_equal')}, difference {nft.get('observe_diff_lines')} commands",
             )
         row(f"podnet load, {out.get('small')} services", _ms(nft.get("small_load_s")), "fresh node netns")
         table.add_section()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from podnet.kernel.nft import parse, script
+from podnet.kernel.nft import parse, plan_sync, script
 from podnet.plan import plan
 from podnet.spec import load_text
 from tests.conftest import REPO
@@ -29,9 +29,11 @@ def test_first_sync_creates_every_chain_and_element() -> None:
     assert "goto reject-connection" in text  # the service without endpoints
 
 
-def test_unchanged_table_writes_nothing_but_the_table_declaration() -> None:
+def test_unchanged_table_writes_nothing() -> None:
     t = table(base())
-    assert script(t, table(base())) == "add table ip podnet\n"
+    assert script(t, table(base())) == ""
+    sync = plan_sync(t, table(base()))
+    assert (sync.before, sync.batch, sync.after) == ([], None, [])
 
 
 def test_changing_one_service_touches_only_its_chain_and_elements() -> None:
@@ -40,8 +42,7 @@ def test_changing_one_service_touches_only_its_chain_and_elements() -> None:
     after = table(
         base().replace("  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 600}}\n", "")
     )
-    text = script(after, before)
-    lines = [line for line in text.strip().splitlines() if line != "add table ip podnet"]
+    lines = [line for line in script(after, before).strip().splitlines() if line != "add table ip podnet"]
     assert lines, "something must change"
     for line in lines:
         assert "web-sticky" in line or line.startswith(
@@ -49,6 +50,39 @@ def test_changing_one_service_touches_only_its_chain_and_elements() -> None:
         ), line
     assert any(line.startswith("flush chain ip podnet svc-shop/web-sticky/tcp/80") for line in lines)
     assert any(line.startswith("delete chain ip podnet ep-shop/web-sticky/tcp/80/") for line in lines)
+
+
+def test_a_changed_endpoint_is_one_netlink_transaction_and_no_nft() -> None:
+    """Replacing a pod behind a service changes map elements only: no nft run, one batch."""
+    text = base()
+    old = table(text)
+    # loner's only endpoint now listens on 9090: the same pod, another target port
+    new = table(text.replace("ports: [{port: 80, targetPort: 8080}]", "ports: [{port: 80, targetPort: 9090}]", 1))
+    assert new != old
+    sync = plan_sync(new, old)
+    assert sync.before == [] and sync.after == []
+    assert sync.batch is not None
+    assert set(sync.batch.what) <= {
+        *(f"{verb} elements of {name}" for verb in ("add", "delete") for name in new.sets),
+        *(f"flush chain {name}" for name in new.chains if name.startswith("svc-")),
+        *(f"add rule to {name}" for name in new.chains if name.startswith("svc-")),
+    }, sync.batch.what
+
+
+def test_new_chains_and_sets_come_first_and_removals_last() -> None:
+    """A new service's chain is declared (empty, unreachable) before the batch fills it; a
+    removed one is deleted after the batch has removed every element pointing at it."""
+    full = table(base())
+    bare = table("---\n".join(doc for doc in base().split("---\n") if "kind: Service" not in doc))
+    grow = plan_sync(full, bare)
+    assert grow.batch is not None
+    assert any(line.startswith("add chain ip podnet svc-") for line in grow.before)
+    assert not any(line.startswith("add rule ip podnet svc-") for line in grow.before)
+    assert not any(line.startswith(("flush chain", "delete chain")) for line in grow.after)
+    shrink = plan_sync(bare, full)
+    assert shrink.batch is not None
+    assert not any(line.startswith(("add chain", "add rule")) for line in shrink.before)
+    assert any(line.startswith("delete chain ip podnet svc-") for line in shrink.after)
 
 
 def test_parse_reads_rules_by_id_and_elements_as_source() -> None:
@@ -85,3 +119,16 @@ def test_parse_reads_rules_by_id_and_elements_as_source() -> None:
     assert t.sets["services"].elements == {"10.96.0.20 . tcp . 80 : goto svc-a"}
     assert t.sets["no-endpoint-nodeports"].elements == {"udp . 30001 : drop"}
     assert t.sets["aff-x"].dynamic and not t.sets["aff-x"].elements
+
+
+def test_long_names_give_comments_nft_accepts() -> None:
+    """Kubernetes names run to 63 characters; nft refuses comments over 128."""
+    ns, name = "n" * 63, "s" * 63
+    text = base().replace("metadata: {name: web-np, namespace: shop}", f"metadata: {{name: {name}, namespace: shop}}")
+    text = text.replace("metadata: {name: shop}", f"metadata: {{name: {ns}}}").replace(
+        "namespace: shop", f"namespace: {ns}"
+    )
+    t = table(text)
+    notes = [rule.note for chain in t.chains.values() for rule in chain.rules]
+    assert any(note.startswith(f"{ns}/{name[:40]}") for note in notes)
+    assert all(len(note) <= 128 for note in notes), max(notes, key=len)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, dataclass, field, fields
+from functools import cached_property
 
 MAIN_TABLE = 254
 
@@ -97,6 +98,9 @@ class Fdb:
     dst: str  # remote underlay IP for a VXLAN entry
 
 
+NOTE_LIMIT = 110  # characters of a rule's note; with " #" and the id it stays within nft's 128
+
+
 def _short_hash(*parts: object) -> str:
     return hashlib.sha1(repr(parts).encode()).hexdigest()[:8]
 
@@ -108,14 +112,24 @@ class NftRule:
 
     text: str
     comment: str | None = None
+    # The same rule as nf_tables expressions (podnet.nftcode), for rules written over netlink.
+    code: tuple = field(default=(), compare=False)
 
-    @property
+    @cached_property
     def id(self) -> str:
         return _short_hash(self.text, self.comment)
 
+    @property
+    def note(self) -> str:
+        """The comment the kernel keeps: the reader's note (cut to fit: nft refuses comments
+        over 128 characters) and the rule's id."""
+        if not self.comment:
+            return f"#{self.id}"
+        text = self.comment if len(self.comment) <= NOTE_LIMIT else self.comment[: NOTE_LIMIT - 3] + "..."
+        return f"{text} #{self.id}"
+
     def render(self) -> str:
-        note = f"{self.comment} #{self.id}" if self.comment else f"#{self.id}"
-        return f'{self.text} comment "{note}"'
+        return f'{self.text} comment "{self.note}"'
 
 
 @dataclass(frozen=True)
@@ -140,6 +154,7 @@ class NftSet:
     kind: str = "map"  # map | set
     elements: frozenset[str] = frozenset()
     dynamic: bool = False
+    netlink: bool = field(default=False, compare=False)  # elements written over netlink (kernel.nftnl)
 
     def comparable(self) -> tuple:
         return (self.name, self.kind, self.dynamic, frozenset() if self.dynamic else self.elements)

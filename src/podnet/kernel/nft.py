@@ -15,9 +15,11 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Iterable
+from dataclasses import dataclass
 
+from podnet import gcpause
 from podnet.errors import KernelError
-from podnet.kernel import netns
+from podnet.kernel import netns, nftnl
 from podnet.state import NftChain, NftSet, NftTable
 
 CHUNK = 2000  # elements per "add element" line
@@ -35,71 +37,127 @@ def _hook(chain: NftChain) -> str:
     return f"{{ type {kind} hook {hook} priority {prio}; policy {policy}; }}"
 
 
-def script(want: NftTable, have: NftTable | None) -> str:
-    """The nft commands that turn ``have`` (None: no table) into ``want``."""
+@dataclass
+class Sync:
+    """One table's update in up to three steps, each one transaction.
+
+    ``before`` (nft source) adds the table, new sets and new chains, all still empty and so
+    unreachable, and rewrites what nft writes; ``batch`` (netlink) holds everything a
+    Services change is made of, the rules of the service chains and the elements of the
+    service maps, so one changed Service is one transaction; ``after`` (nft source) removes
+    chains and sets nothing refers to any more. Without a batch, before and after are one
+    script, and one transaction.
+    """
+
+    before: list[str]
+    batch: nftnl.Batch | None
+    after: list[str]
+
+
+def _via_netlink(chain: NftChain) -> bool:
+    return chain.hook is None and bool(chain.rules) and all(rule.code for rule in chain.rules)
+
+
+def plan_sync(want: NftTable, have: NftTable | None, netlink: bool = True) -> Sync:
+    """The steps that turn ``have`` (None: no table) into ``want``."""
+    with gcpause.paused():
+        return _plan_sync(want, have, netlink)
+
+
+def _plan_sync(want: NftTable, have: NftTable | None, netlink: bool) -> Sync:
     t = f"{want.family} {want.name}"
+    table_exists = have is not None
     have = have or NftTable(want.family, want.name)
-    lines = [f"add table {t}"]
-    flushes: list[str] = []
-    removals: list[str] = []
+    batch = nftnl.Batch(want.family, want.name) if netlink else None
+    before = [f"add table {t}"]
+    after: list[str] = []
 
     for name, s in want.sets.items():
         if name not in have.sets:
-            lines.append(f"add {s.kind} {t} {_q(name)} {{ {s.decl}; }}")
-    recreated = {n for n, c in want.chains.items() if n in have.chains and have.chains[n].hook != c.hook}
-    for name in recreated:
-        removals.append(f"delete chain {t} {_q(name)}")
+            before.append(f"add {s.kind} {t} {name} {{ {s.decl}; }}")
+    recreated = {n for n, c in want.chains.items() if (old := have.chains.get(n)) is not None and old.hook != c.hook}
+    before += [f"delete chain {t} {name}" for name in recreated]
     for name, chain in want.chains.items():
         if name not in have.chains or name in recreated:
-            lines.append(f"add chain {t} {_q(name)}" + (f" {_hook(chain)}" if chain.hook else ""))
-    for name, s in have.sets.items():
-        if name in want.sets and not s.dynamic:
-            stale = s.elements - want.sets[name].elements
-            lines += _element_lines("delete", t, name, stale)
+            before.append(f"add chain {t} {name}" + (f" {_hook(chain)}" if chain.hook else ""))
 
-    body: list[str] = []
+    codecs = {
+        name: codec
+        for name, s in want.sets.items()
+        if batch is not None and s.netlink and not s.dynamic and (codec := nftnl.ElementCodec.of(s.decl))
+    }
+    changed: dict[str, tuple[frozenset[str], frozenset[str]]] = {}  # set -> (stale, added)
+    for name, s in want.sets.items():
+        old = have.sets.get(name)
+        if s.dynamic or (old is not None and old.elements == s.elements):
+            continue  # one pass over an unchanged set, not two differences
+        changed[name] = (old.elements - s.elements, s.elements - old.elements) if old else (frozenset(), s.elements)
+
+    for name, (stale, _) in changed.items():
+        if name in codecs and batch is not None:
+            batch.elements("delete", name, codecs[name], stale)
+        else:
+            before += _element_lines("delete", t, name, stale)
     for name, chain in want.chains.items():
         old = have.chains.get(name)
-        if old is not None and name not in recreated:
-            if old.ids == chain.ids:
-                continue
-            body.append(f"flush chain {t} {_q(name)}")
-        body += [f"add rule {t} {_q(name)} {rule.render()}" for rule in chain.rules]
-    for name, s in want.sets.items():
-        old_elements = have.sets[name].elements if name in have.sets else frozenset()
-        if not s.dynamic:
-            body += _element_lines("add", t, name, s.elements - old_elements)
+        fresh = old is None or name in recreated
+        if not fresh and old.ids == chain.ids:
+            continue
+        if batch is not None and _via_netlink(chain):
+            if not fresh:
+                batch.flush_chain(name)
+            for rule in chain.rules:
+                batch.add_rule(name, rule.code, rule.note)
+        else:
+            if not fresh:
+                before.append(f"flush chain {t} {name}")
+            before += [f"add rule {t} {name} {rule.render()}" for rule in chain.rules]
+    for name, (_, added) in changed.items():
+        if name in codecs and batch is not None:
+            batch.elements("add", name, codecs[name], added)
+        else:
+            before += _element_lines("add", t, name, added)
 
-    for name in have.chains:
-        if name not in want.chains or name in recreated:
-            flushes.append(f"flush chain {t} {_q(name)}")
-            if name not in recreated:
-                removals.append(f"delete chain {t} {_q(name)}")
-    for name, s in have.sets.items():
-        if name not in want.sets:
-            removals.append(f"delete {s.kind} {t} {_q(name)}")
-    # Recreated base chains are deleted before they are added again.
-    early = [r for r in removals if r.startswith("delete chain") and r.split()[-1] in recreated]
+    removed = [name for name in have.chains if name not in want.chains]
+    after += [f"flush chain {t} {name}" for name in removed]
     # Sets and maps go before chains: a verdict map's elements hold the chains they jump to.
-    late = sorted((r for r in removals if r not in early), key=lambda r: r.startswith("delete chain"))
-    return "\n".join([*flushes, *early, *lines, *body, *late]) + "\n"
+    after += [f"delete {s.kind} {t} {name}" for name, s in have.sets.items() if name not in want.sets]
+    after += [f"delete chain {t} {name}" for name in removed]
+    if table_exists and before == [f"add table {t}"]:
+        before = []
+    return Sync(before, batch if batch else None, after)
 
 
-def _q(name: str) -> str:
-    return name
+def script(want: NftTable, have: NftTable | None) -> str:
+    """The nft commands that turn ``have`` (None: no table) into ``want``, as one script."""
+    sync = plan_sync(want, have, netlink=False)
+    return "\n".join([*sync.before, *sync.after]) + "\n" if sync.before or sync.after else ""
 
 
 def _element_lines(verb: str, table: str, name: str, elements: Iterable[str]) -> list[str]:
     items = sorted(elements)
     return [
-        f"{verb} element {table} {_q(name)} {{ {', '.join(items[i : i + CHUNK])} }}"
-        for i in range(0, len(items), CHUNK)
+        f"{verb} element {table} {name} {{ {', '.join(items[i : i + CHUNK])} }}" for i in range(0, len(items), CHUNK)
     ]
 
 
 def load(ns: str, want: NftTable, have: NftTable | None) -> None:
-    text = script(want, have)
-    proc = _nft(ns, ["-f", "-"], text)
+    sync = plan_sync(want, have)
+    if sync.batch is None:
+        _run_script(ns, want, [*sync.before, *sync.after])
+        return
+    _run_script(ns, want, sync.before)
+    try:
+        sync.batch.send(ns)
+    except KernelError as exc:
+        raise KernelError(f"{ns}: table {want.family} {want.name}: {exc}") from exc
+    _run_script(ns, want, sync.after)
+
+
+def _run_script(ns: str, want: NftTable, lines: list[str]) -> None:
+    if not lines:
+        return
+    proc = _nft(ns, ["-f", "-"], "\n".join(lines) + "\n")
     if proc.returncode != 0:
         raise KernelError(f"{ns}: nft refused the update of table {want.family} {want.name}: {proc.stderr.strip()}")
 

@@ -17,8 +17,11 @@ Shaped after kube-proxy's nftables mode, for load time that grows linearly with 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from podnet import gcpause, nftcode
 from podnet.plan import policy
-from podnet.plan.topology import LOCAL_OFFSET, SLOT_WIDTH, NodeInfo, PodInfo, ServiceInfo, ServicePortInfo
+from podnet.plan.topology import LOCAL_OFFSET, SLOT_WIDTH, Endpoint, NodeInfo, PodInfo, ServiceInfo, ServicePortInfo
 from podnet.state import NftChain, NftRule, NftSet, NftTable
 
 TABLE = "podnet"
@@ -29,7 +32,7 @@ NAT_POST = ("nat", "postrouting", 100, "accept")
 FILTER = -10  # before the default filter priority, so a reject is not overtaken
 
 
-ENDPOINT_SHARDS = 64  # measured: 16 shards 1.7 s, 64 shards 1.1 s, 256 shards 1.0 s for 10,000 services
+ENDPOINT_SHARDS = 256  # see _endpoint_elements
 
 
 def endpoint_map(proto: str, slot: int) -> str:
@@ -50,6 +53,18 @@ def node_table(
     pod_cidr: str,
     service_cidr: str,
     policies: policy.PolicySet | None = None,
+) -> NftTable:
+    with gcpause.paused():
+        return _node_table(node, pods, services, pod_cidr, service_cidr, policies)
+
+
+def _node_table(
+    node: NodeInfo,
+    pods: list[PodInfo],
+    services: list[ServiceInfo],
+    pod_cidr: str,
+    service_cidr: str,
+    policies: policy.PolicySet | None,
 ) -> NftTable:
     t = _Builder()
     host_ports = _host_port_rules(node, pods)
@@ -77,16 +92,19 @@ def node_table(
     )
     t.chain("mark-for-masquerade", None, [NftRule(f"meta mark set meta mark | {MASQ_MARK}")])
 
-    t.map("services", "type ipv4_addr . inet_proto . inet_service : verdict")
-    t.map("nodeports", "type inet_proto . inet_service : verdict")
-    t.map("no-endpoints", "type ipv4_addr . inet_proto . inet_service : verdict")
-    t.map("no-endpoint-nodeports", "type inet_proto . inet_service : verdict")
+    # Service maps: their elements are written over netlink (see podnet.nftcode).
+    t.map("services", "type ipv4_addr . inet_proto . inet_service : verdict", netlink=True)
+    t.map("nodeports", "type inet_proto . inet_service : verdict", netlink=True)
+    t.map("no-endpoints", "type ipv4_addr . inet_proto . inet_service : verdict", netlink=True)
+    t.map("no-endpoint-nodeports", "type inet_proto . inet_service : verdict", netlink=True)
     # Endpoint maps per protocol (nft 1.0 refuses a shared "th dport" map on update), in
-    # shards: the kernel checks every rule bound to a map for each element added, so one map
-    # shared by 10,000 service rules makes a full load quadratic. A shard is declared when a
-    # service port lands in it (see _endpoint_element).
-    t.map("slots", "typeof numgen random mod 2 : verdict")
-    t.set("hairpin", "type ipv4_addr . ipv4_addr")
+    # shards: the kernel checks every rule bound to a map for each element added (and every
+    # element when a rule binds it), so a load costs rules x elements / shards; one map shared
+    # by 10,000 service rules took 12 s. Measured at 10,000 services: 64 shards 0.50 s in the
+    # kernel, 256 shards 0.33 s; more cost more in declarations than they save. A shard is
+    # declared when a service port lands in it (see _endpoint_elements).
+    t.map("slots", "typeof numgen random mod 2 : verdict", netlink=True)
+    t.set("hairpin", "type ipv4_addr . ipv4_addr", netlink=True)
 
     for svc in sorted(services, key=lambda s: s.key):
         if svc.cluster_ip is None:
@@ -130,14 +148,12 @@ def _service_port(t: _Builder, node: NodeInfo, svc: ServiceInfo, port: ServicePo
         if port.node_port:
             t.element("no-endpoint-nodeports", f"{proto} . {port.node_port} : goto reject-connection")
         return
-    for ep in port.endpoints:
-        if ep.node == node.name:  # only a pod on this node can reach itself through this node
-            t.element("hairpin", f"{ep.ip} . {ep.ip}")
+    # only a pod on this node can reach itself through this node
+    t.elements["hairpin"].update(f"{ep.ip} . {ep.ip}" for ep in port.endpoints if ep.node == node.name)
     t.element("services", f"{vip_key} : goto {svc_chain}")
     note = f"{svc.key}:{port.name or port.port}"
     if svc.affinity_timeout is None:
-        for i, ep in enumerate(port.endpoints):
-            _endpoint_element(t, proto, port.slot, f"{port.slot + i} : {ep.ip} . {ep.port}")
+        _endpoint_elements(t, proto, port.slot, port.slot, port.endpoints)
         rules = [_pick(proto, len(port.endpoints), port.slot, note)]
     else:
         rules = []
@@ -145,17 +161,37 @@ def _service_port(t: _Builder, node: NodeInfo, svc: ServiceInfo, port: ServicePo
             ep_chain = chain_name("ep", svc, port, ep.ip)
             affinity = chain_name("aff", svc, port, ep.ip)
             t.set(affinity, "type ipv4_addr; flags timeout", dynamic=True)
-            rules.append(NftRule(f"ip saddr @{affinity} goto {ep_chain}", f"affinity {ep.pod}"))
+            rules.append(
+                NftRule(
+                    f"ip saddr @{affinity} goto {ep_chain}",
+                    f"affinity {ep.pod}",
+                    nftcode.saddr_in(affinity, "goto", ep_chain),
+                )
+            )
             t.element("slots", f"{port.slot + i} : goto {ep_chain}")
             t.chain(
                 ep_chain,
                 None,
                 [
-                    NftRule(f"update @{affinity} {{ ip saddr timeout {svc.affinity_timeout}s }}"),
-                    NftRule(f"meta l4proto {proto} dnat to {ep.ip}:{ep.port}", ep.pod),
+                    NftRule(
+                        f"update @{affinity} {{ ip saddr timeout {svc.affinity_timeout}s }}",
+                        code=nftcode.remember_saddr(affinity, svc.affinity_timeout),
+                    ),
+                    NftRule(
+                        f"meta l4proto {proto} dnat to {ep.ip}:{ep.port}",
+                        ep.pod,
+                        nftcode.dnat_to(proto, ep.ip, ep.port),
+                    ),
                 ],
             )
-        rules.append(NftRule(f"numgen random mod {len(port.endpoints)} offset {port.slot} vmap @slots", note))
+        count = len(port.endpoints)
+        rules.append(
+            NftRule(
+                f"numgen random mod {count} offset {port.slot} vmap @slots",
+                note,
+                nftcode.slot_vmap(count, port.slot, "slots"),
+            )
+        )
     t.chain(svc_chain, None, rules)
 
     if port.node_port:
@@ -163,7 +199,11 @@ def _service_port(t: _Builder, node: NodeInfo, svc: ServiceInfo, port: ServicePo
         np_chain = chain_name("nodeport", svc, port)
         if not svc.local:
             t.element("nodeports", f"{np_key} : goto {np_chain}")
-            t.chain(np_chain, None, [NftRule("jump mark-for-masquerade"), NftRule(f"goto {svc_chain}")])
+            rules = [
+                NftRule("jump mark-for-masquerade", code=nftcode.verdict("jump", "mark-for-masquerade")),
+                NftRule(f"goto {svc_chain}", code=nftcode.verdict("goto", svc_chain)),
+            ]
+            t.chain(np_chain, None, rules)
             return
         local = port.local_endpoints(node.name)
         if not local:
@@ -171,41 +211,43 @@ def _service_port(t: _Builder, node: NodeInfo, svc: ServiceInfo, port: ServicePo
             t.element("no-endpoint-nodeports", f"{np_key} : drop")
             return
         base = port.slot + LOCAL_OFFSET
-        for i, ep in enumerate(local):
-            _endpoint_element(t, proto, port.slot, f"{base + i} : {ep.ip} . {ep.port}")
+        _endpoint_elements(t, proto, port.slot, base, local)
         t.element("nodeports", f"{np_key} : goto {np_chain}")
         t.chain(np_chain, None, [_pick(proto, len(local), base, f"{note} local endpoints")])
 
 
-def _endpoint_element(t: _Builder, proto: str, slot: int, element: str) -> None:
+def _endpoint_elements(t: _Builder, proto: str, slot: int, base: int, endpoints: Sequence[Endpoint]) -> None:
+    """Slots ``base``, ``base + 1``, ... of the port at ``slot`` hold these endpoints."""
     name = endpoint_map(proto, slot)
     if name not in t.decls:
-        t.map(name, f"typeof numgen random mod 2 : ip daddr . {proto} dport")
-    t.element(name, element)
+        t.map(name, f"typeof numgen random mod 2 : ip daddr . {proto} dport", netlink=True)
+    t.elements[name].update(f"{base + i} : {ep.ip} . {ep.port}" for i, ep in enumerate(endpoints))
 
 
 def _pick(proto: str, count: int, offset: int, note: str) -> NftRule:
+    name = endpoint_map(proto, offset)
     return NftRule(
-        f"meta l4proto {proto} dnat ip to numgen random mod {count} offset {offset} map @{endpoint_map(proto, offset)}",
+        f"meta l4proto {proto} dnat ip to numgen random mod {count} offset {offset} map @{name}",
         note,
+        nftcode.pick(proto, count, offset, name),
     )
 
 
 class _Builder:
     def __init__(self) -> None:
         self.chains: dict[str, NftChain] = {}
-        self.decls: dict[str, tuple[str, str, bool]] = {}  # name -> (decl, kind, dynamic)
+        self.decls: dict[str, tuple[str, str, bool, bool]] = {}  # name -> (decl, kind, dynamic, netlink)
         self.elements: dict[str, set[str]] = {}
 
     def chain(self, name: str, hook: tuple[str, str, int, str] | None, rules: list[NftRule]) -> None:
         self.chains[name] = NftChain.of(name, hook, rules)
 
-    def map(self, name: str, decl: str) -> None:
-        self.decls[name] = (decl, "map", False)
+    def map(self, name: str, decl: str, netlink: bool = False) -> None:
+        self.decls[name] = (decl, "map", False, netlink)
         self.elements[name] = set()
 
-    def set(self, name: str, decl: str, dynamic: bool = False) -> None:
-        self.decls[name] = (decl, "set", dynamic)
+    def set(self, name: str, decl: str, dynamic: bool = False, netlink: bool = False) -> None:
+        self.decls[name] = (decl, "set", dynamic, netlink)
         self.elements[name] = set()
 
     def element(self, name: str, element: str) -> None:
@@ -213,7 +255,7 @@ class _Builder:
 
     def build(self) -> NftTable:
         sets = {
-            name: NftSet(name, decl, kind, frozenset(self.elements[name]), dynamic)
-            for name, (decl, kind, dynamic) in self.decls.items()
+            name: NftSet(name, decl, kind, frozenset(self.elements[name]), dynamic, netlink)
+            for name, (decl, kind, dynamic, netlink) in self.decls.items()
         }
         return NftTable("ip", TABLE, dict(self.chains), sets)
