@@ -108,3 +108,23 @@ def test_a_large_batch_is_one_message_the_kernel_accepts(scratch: list[str]) -> 
     batch.send(ns)
     observed = nft.observe(ns)
     assert observed is not None and set(elements) <= observed.sets["hairpin"].elements
+
+
+def test_services_added_and_removed_incrementally_end_as_a_fresh_load(scratch: list[str]) -> None:
+    """Adding every Service over a table without them, and removing them again, leaves what a
+    fresh load of the same table leaves: chains, rules and elements, nothing more."""
+    incremental, fresh = scratch
+    text = (REPO / "examples" / "services.yaml").read_text()
+    bare_text = "---\n".join(doc for doc in text.split("---\n") if "kind: Service" not in doc)
+    node = "podnet_svc_node-1"
+    full = services_tables()[node]
+    bare = plan(load_text(bare_text, "services.yaml")).state.namespaces[node].nft
+    assert bare is not None
+    nft.load(incremental, bare, None)
+    nft.load(incremental, full, nft.observe(incremental))
+    nft.load(fresh, full, None)
+    assert listing(incremental) == listing(fresh)
+    nft.load(incremental, bare, nft.observe(incremental))
+    nft.delete(fresh, full)
+    nft.load(fresh, bare, None)
+    assert listing(incremental) == listing(fresh)

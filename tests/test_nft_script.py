@@ -69,20 +69,29 @@ def test_a_changed_endpoint_is_one_netlink_transaction_and_no_nft() -> None:
     }, sync.batch.what
 
 
-def test_new_chains_and_sets_come_first_and_removals_last() -> None:
-    """A new service's chain is declared (empty, unreachable) before the batch fills it; a
-    removed one is deleted after the batch has removed every element pointing at it."""
+def test_adding_and_removing_services_is_one_netlink_transaction() -> None:
+    """Service chains are added and removed in the batch that fills and empties them; nft
+    only declares new maps (empty, unused) and the rules that are not Service rules."""
     full = table(base())
     bare = table("---\n".join(doc for doc in base().split("---\n") if "kind: Service" not in doc))
     grow = plan_sync(full, bare)
-    assert grow.batch is not None
-    assert any(line.startswith("add chain ip podnet svc-") for line in grow.before)
-    assert not any(line.startswith("add rule ip podnet svc-") for line in grow.before)
-    assert not any(line.startswith(("flush chain", "delete chain")) for line in grow.after)
+    assert grow.batch is not None and grow.after == []
+    assert "add chain svc-shop/web/tcp/80" in grow.batch.what
+    assert grow.batch.what.index("add chain svc-shop/web/tcp/80") < grow.batch.what.index("add elements of services")
+    assert not any(" svc-" in line or " nodeport-" in line or " ep-" in line for line in grow.before), grow.before
     shrink = plan_sync(bare, full)
-    assert shrink.batch is not None
-    assert not any(line.startswith(("add chain", "add rule")) for line in shrink.before)
-    assert any(line.startswith("delete chain ip podnet svc-") for line in shrink.after)
+    assert shrink.batch is not None and shrink.after == []
+    assert not any(" svc-" in line for line in shrink.before)
+    what = shrink.batch.what
+    assert what.index("delete elements of services") < what.index("delete chain svc-shop/web/tcp/80")
+    assert what.index("flush chain ep-shop/web-sticky/tcp/80/" + ep_ip(full)) < what.index(
+        "delete chain svc-shop/web/tcp/80"
+    )
+
+
+def ep_ip(t) -> str:
+    """The address of one endpoint of web-sticky (its per-endpoint chains are named by it)."""
+    return next(n for n in t.chains if n.startswith("ep-shop/web-sticky/")).rsplit("/", 1)[1]
 
 
 def test_parse_reads_rules_by_id_and_elements_as_source() -> None:

@@ -39,14 +39,18 @@ def _hook(chain: NftChain) -> str:
 
 @dataclass
 class Sync:
-    """One table's update in up to three steps, each one transaction.
+    """One table's update: an nft script, then a netlink batch, each one transaction.
 
-    ``before`` (nft source) adds the table, new sets and new chains, all still empty and so
-    unreachable, and rewrites what nft writes; ``batch`` (netlink) holds everything a
-    Services change is made of, the rules of the service chains and the elements of the
-    service maps, so one changed Service is one transaction; ``after`` (nft source) removes
-    chains and sets nothing refers to any more. Without a batch, before and after are one
-    script, and one transaction.
+    ``before`` (nft source) adds the table and new sets (empty, so nothing uses them yet) and
+    writes what nft writes: base chains, and every rule that is not a Service rule. ``batch``
+    (netlink) holds everything a Services change is made of: the service chains (added,
+    refilled, removed), the elements of the service maps, and the removal of whatever else
+    nothing refers to any more; so adding, changing or removing Services is one transaction.
+    Without netlink (``script``), ``after`` holds those removals and the whole sync is one
+    nft script.
+
+    Service chains are only ever referred to by Service rules and service-map elements, so
+    the nft step never needs a chain the batch has yet to add.
     """
 
     before: list[str]
@@ -79,7 +83,10 @@ def _plan_sync(want: NftTable, have: NftTable | None, netlink: bool) -> Sync:
     before += [f"delete chain {t} {name}" for name in recreated]
     for name, chain in want.chains.items():
         if name not in have.chains or name in recreated:
-            before.append(f"add chain {t} {name}" + (f" {_hook(chain)}" if chain.hook else ""))
+            if batch is not None and _via_netlink(chain):
+                batch.add_chain(name)
+            else:
+                before.append(f"add chain {t} {name}" + (f" {_hook(chain)}" if chain.hook else ""))
 
     codecs = {
         name: codec
@@ -119,10 +126,20 @@ def _plan_sync(want: NftTable, have: NftTable | None, netlink: bool) -> Sync:
             before += _element_lines("add", t, name, added)
 
     removed = [name for name in have.chains if name not in want.chains]
-    after += [f"flush chain {t} {name}" for name in removed]
-    # Sets and maps go before chains: a verdict map's elements hold the chains they jump to.
-    after += [f"delete {s.kind} {t} {name}" for name, s in have.sets.items() if name not in want.sets]
-    after += [f"delete chain {t} {name}" for name in removed]
+    removed_sets = [(name, s.kind) for name, s in have.sets.items() if name not in want.sets]
+    # Rules go first, then sets and maps (a verdict map's elements hold the chains they jump
+    # to), then the chains.
+    if batch is not None:
+        for name in removed:
+            batch.flush_chain(name)
+        for name, _ in removed_sets:
+            batch.delete_set(name)
+        for name in removed:
+            batch.delete_chain(name)
+    else:
+        after += [f"flush chain {t} {name}" for name in removed]
+        after += [f"delete {kind} {t} {name}" for name, kind in removed_sets]
+        after += [f"delete chain {t} {name}" for name in removed]
     if table_exists and before == [f"add table {t}"]:
         before = []
     return Sync(before, batch if batch else None, after)
@@ -143,15 +160,12 @@ def _element_lines(verb: str, table: str, name: str, elements: Iterable[str]) ->
 
 def load(ns: str, want: NftTable, have: NftTable | None) -> None:
     sync = plan_sync(want, have)
-    if sync.batch is None:
-        _run_script(ns, want, [*sync.before, *sync.after])
-        return
-    _run_script(ns, want, sync.before)
-    try:
-        sync.batch.send(ns)
-    except KernelError as exc:
-        raise KernelError(f"{ns}: table {want.family} {want.name}: {exc}") from exc
-    _run_script(ns, want, sync.after)
+    _run_script(ns, want, [*sync.before, *sync.after])
+    if sync.batch is not None:
+        try:
+            sync.batch.send(ns)
+        except KernelError as exc:
+            raise KernelError(f"{ns}: table {want.family} {want.name}: {exc}") from exc
 
 
 def _run_script(ns: str, want: NftTable, lines: list[str]) -> None:

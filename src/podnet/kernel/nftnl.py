@@ -25,7 +25,7 @@ from podnet.nftcode import PROTO_NUMBERS, Expr
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10
 BATCH_BEGIN, BATCH_END = 16, 17
-NEWCHAIN, NEWRULE, DELRULE, NEWSETELEM, DELSETELEM, GETGEN = 3, 6, 8, 12, 14, 16
+NEWCHAIN, DELCHAIN, NEWRULE, DELRULE, DELSET, NEWSETELEM, DELSETELEM, GETGEN = 3, 5, 6, 8, 11, 12, 14, 16
 NLMSG_ERROR = 2
 F_REQUEST, F_CREATE, F_APPEND = 0x1, 0x400, 0x800
 NLA_F_NESTED = 0x8000
@@ -244,6 +244,12 @@ class Batch:
 
     def add_chain(self, chain: str) -> None:
         self._add(NEWCHAIN, F_CREATE, _str(1, self.table) + _str(3, chain), f"add chain {chain}")
+
+    def delete_chain(self, chain: str) -> None:
+        self._add(DELCHAIN, 0, _str(1, self.table) + _str(3, chain), f"delete chain {chain}")
+
+    def delete_set(self, name: str) -> None:
+        self._add(DELSET, 0, _str(1, self.table) + _str(2, name), f"delete set {name}")
 
     def flush_chain(self, chain: str) -> None:
         self._add(DELRULE, 0, _str(1, self.table) + _str(2, chain), f"flush chain {chain}")
