@@ -109,6 +109,10 @@ def delete_netns(names: Iterable[str]) -> None:
         return
     script = "".join(f"netns del {n}\n" for n in names)
     subprocess.run(["ip", "-force", "-batch", "-"], input=script, text=True, capture_output=True, check=False)
+    from podnet.kernel import nftcache
+
+    for n in names:
+        nftcache.forget_namespace(n)  # what podnet.kernel.nft.load recorded of their tables
 
 
 def netns_inode(name: str) -> int:

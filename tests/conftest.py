@@ -22,7 +22,7 @@ import pytest
 
 from podnet import cluster as usecases
 from podnet import names
-from podnet.kernel import netns
+from podnet.kernel import netns, nftcache
 from podnet.runtime import bird, process
 
 REPO = Path(__file__).resolve().parent.parent
@@ -101,6 +101,7 @@ def leftovers(name: str) -> list[str]:
     found += [f"process {pid}" for pid in process.find(name)]
     found += [f"bird {pid} in {ns}" for pid, ns in bird.find(name).items()]
     found += [f"/etc/netns/{n}" for n in netns.list_etc_prefixed(names.cluster_prefix(name))]
+    found += [f"nft record {n}" for n in nftcache.list_prefixed(names.cluster_prefix(name))]
     state = Path(os.environ["PODNET_STATE_DIR"]) / name
     if state.exists():
         found.append(f"state dir {state}")

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from podnet.errors import KernelError
-from podnet.kernel import netns, nft, nftnl
+from podnet.kernel import netns, nft, nftcache, nftnl
 from podnet.plan import plan
 from podnet.spec import load_text
 from podnet.state import NftRule
@@ -30,6 +30,8 @@ def scratch() -> Iterator[list[str]]:
     finally:
         for name in names:
             netns.delete(name)
+            nftcache.forget_namespace(name)
+        assert not nftcache.list_prefixed(f"podnet-nltest-{os.getpid()}-")
 
 
 def listing(ns: str) -> list[str]:
@@ -73,7 +75,7 @@ def test_netlink_writes_exactly_what_nft_writes(scratch: list[str]) -> None:
         assert proc.returncode == 0, proc.stderr
         nft.load(by_netlink, table, None)
         assert listing(by_netlink) == listing(by_nft), name
-        assert nft.observe(by_netlink) == table
+        assert nft.read(by_netlink) == table
         for ns in scratch:
             nft.delete(ns, table)
 
@@ -106,7 +108,7 @@ def test_a_large_batch_is_one_message_the_kernel_accepts(scratch: list[str]) -> 
     batch.elements("add", "hairpin", codec, elements)
     assert len(batch.messages) > 1
     batch.send(ns)
-    observed = nft.observe(ns)
+    observed = nft.read(ns)
     assert observed is not None and set(elements) <= observed.sets["hairpin"].elements
 
 
@@ -128,3 +130,53 @@ def test_services_added_and_removed_incrementally_end_as_a_fresh_load(scratch: l
     nft.delete(fresh, full)
     nft.load(fresh, bare, None)
     assert listing(incremental) == listing(fresh)
+
+
+def test_observe_after_podnet_wrote_the_table_does_not_list_it(
+    scratch: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ns = scratch[0]
+    table = services_tables()["podnet_svc_node-1"]
+    nft.load(ns, table, None)
+
+    def no_nft(*args: object, **kwargs: object) -> None:
+        raise AssertionError("nft ran: the table was listed")
+
+    monkeypatch.setattr(nft, "_nft", no_nft)
+    assert nft.observe(ns) == table
+
+
+def test_any_other_commit_makes_observe_list_the_kernel(scratch: list[str]) -> None:
+    """A rule added by hand (another nf_tables transaction) is seen, as drift."""
+    ns = scratch[0]
+    table = services_tables()["podnet_svc_node-1"]
+    nft.load(ns, table, None)
+    subprocess.run(
+        ["nsenter", f"--net={netns.path(ns)}", "nft", "add", "rule", "ip", "podnet", "services", "accept"], check=True
+    )
+    observed = nft.observe(ns)
+    assert observed is not None and observed != table
+    assert observed.chains["services"].ids[-1] == "?"  # a rule podnet did not write
+
+
+def test_a_namespace_of_the_same_name_is_not_taken_for_the_old_one(scratch: list[str]) -> None:
+    """The record names the namespace by its cookie: a new namespace under the old name, with
+    the same number of transactions committed, is listed, not remembered."""
+    ns = scratch[0]
+    table = services_tables()["podnet_svc_node-1"]
+    nft.load(ns, table, None)
+    generation = nftnl.generation(ns)
+    netns.delete(ns)
+    netns.create(ns)
+    other = plan(load_text((REPO / "examples" / "quickstart.yaml").read_text(), "q.yaml")).state
+    small = next(n.nft for n in other.namespaces.values() if n.nft is not None)
+    proc = subprocess.run(
+        ["nsenter", f"--net={netns.path(ns)}", "nft", "-f", "-"], input=nft.script(small, None), text=True
+    )
+    assert proc.returncode == 0
+    while (current := nftnl.generation(ns)) is not None and generation is not None and current[1] < generation[1]:
+        subprocess.run(["nsenter", f"--net={netns.path(ns)}", "nft", "add", "table", "ip", "filler" + str(current[1])])
+    renewed = nftnl.generation(ns)
+    assert generation is not None and renewed is not None
+    assert renewed[1] == generation[1] and renewed[0] != generation[0]
+    assert nft.observe(ns) == small

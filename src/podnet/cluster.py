@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from podnet import names
 from podnet.errors import UsageError
-from podnet.kernel import netns
+from podnet.kernel import netns, nftcache
 from podnet.plan import Plan, plan
 from podnet.reconcile import Change, diff
 from podnet.runtime import bird, process
@@ -157,6 +157,7 @@ def down(cluster: str, on_wait: Callable[[], None] | None = None) -> DownResult:
             netns.delete(name)
         for name in netns.list_etc_prefixed(names.cluster_prefix(cluster)):
             netns.remove_etc(name)  # left by a crash between deleting a namespace and its directory
+        nftcache.forget_prefixed(names.cluster_prefix(cluster))  # what podnet wrote to their tables
         existed = state_dir.exists()
         shutil.rmtree(state_dir, ignore_errors=True)
         # Removed while held: a command waiting on it notices and locks the new file instead.

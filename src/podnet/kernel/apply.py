@@ -35,7 +35,7 @@ from pyroute2.netlink.rtnl.ndmsg import ndmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from podnet.errors import KernelError
-from podnet.kernel import conntrack, netns, nft
+from podnet.kernel import conntrack, netns, nft, nftcache
 from podnet.kernel.netlink import Sessions
 from podnet.kernel.observe import PROTO_NUMBER
 from podnet.reconcile import Change
@@ -117,6 +117,7 @@ def _apply_one(change: Change, sessions: Sessions, created: set[str], on_process
     elif op == "del_netns":
         sessions.forget(change.netns)
         netns.delete(change.netns)
+        nftcache.forget_namespace(change.netns)
     elif op in ("start_process", "reload_process", "stop_process"):
         on_process(change)
     elif op == "set_resolv_conf":

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from podnet import gcpause
 from podnet.errors import KernelError
-from podnet.kernel import netns, nftnl
+from podnet.kernel import netns, nftcache, nftnl
 from podnet.state import NftChain, NftSet, NftTable
 
 CHUNK = 2000  # elements per "add element" line
@@ -159,13 +159,24 @@ def _element_lines(verb: str, table: str, name: str, elements: Iterable[str]) ->
 
 
 def load(ns: str, want: NftTable, have: NftTable | None) -> None:
+    start = nftnl.generation(ns)
     sync = plan_sync(want, have)
-    _run_script(ns, want, [*sync.before, *sync.after])
+    commits = 0
+    nftcache.forget(ns, want.family, want.name)  # until the write is known to be complete
+    if sync.before or sync.after:
+        _run_script(ns, want, [*sync.before, *sync.after])
+        commits += 1
     if sync.batch is not None:
         try:
             sync.batch.send(ns)
         except KernelError as exc:
             raise KernelError(f"{ns}: table {want.family} {want.name}: {exc}") from exc
+        commits += 1
+    end = nftnl.generation(ns)
+    # Remembered only when the generation moved by exactly podnet's own commits: a commit of
+    # anyone else in between (or one of ours that changed nothing) and the next observe lists.
+    if commits and start is not None and end is not None and end == (start[0], (start[1] + commits) % 2**32):
+        nftcache.remember(ns, want, end)
 
 
 def _run_script(ns: str, want: NftTable, lines: list[str]) -> None:
@@ -177,12 +188,21 @@ def _run_script(ns: str, want: NftTable, lines: list[str]) -> None:
 
 
 def delete(ns: str, table: NftTable) -> None:
+    nftcache.forget(ns, table.family, table.name)
     proc = _nft(ns, ["delete", "table", table.family, table.name])
     if proc.returncode != 0 and "No such file" not in proc.stderr:
         raise KernelError(f"{ns}: nft could not delete table {table.family} {table.name}: {proc.stderr.strip()}")
 
 
 def observe(ns: str, family: str = "ip", name: str = "podnet") -> NftTable | None:
+    """The table as the kernel holds it: what podnet last wrote if nothing was committed in
+    the namespace since (see nftcache), otherwise read back with ``nft -j list``."""
+    remembered = nftcache.recall(ns, family, name, nftnl.generation(ns))
+    return remembered if remembered is not None else read(ns, family, name)
+
+
+def read(ns: str, family: str = "ip", name: str = "podnet") -> NftTable | None:
+    """The table read back from the kernel with ``nft -j list`` (None: there is none)."""
     proc = _nft(ns, ["-j", "list", "table", family, name])
     if proc.returncode != 0:
         return None

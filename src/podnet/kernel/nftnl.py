@@ -14,6 +14,7 @@ import errno
 import os
 import socket
 import struct
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -329,3 +330,34 @@ def _talk(sock: socket.socket, batch: Batch) -> None:
                 errors.append(f"{what}: {os.strerror(-code)} ({errno.errorcode.get(-code, code)})")
     if errors:
         raise KernelError("nf_tables refused the update: " + "; ".join(errors[:5]))
+
+
+SO_NETNS_COOKIE = 71
+
+
+def generation(ns: str) -> tuple[int, int] | None:
+    """(the namespace's cookie, its nf_tables generation): equal twice, nothing was committed
+    in between. The cookie tells a namespace from a later one of the same name (inode
+    numbers are reused, cookies are not); None where the kernel has no cookies (before 5.14)."""
+    with netns.entered(ns):
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+    try:
+        sock.bind((0, 0))
+        try:
+            cookie = int.from_bytes(sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8), sys.byteorder)
+        except OSError:
+            return None
+        sock.send(_header(NFNL_SUBSYS_NFTABLES << 8 | GETGEN, F_REQUEST, 1, 0, 0, b""))
+        buf = sock.recv(65536)
+        length, kind, _flags, _seq, _pid = struct.unpack_from("=IHHII", buf)
+        if kind == NLMSG_ERROR:
+            return None
+        offset = 20  # nlmsghdr, nfgenmsg
+        while offset + 4 <= length:
+            size, attr = struct.unpack_from("=HH", buf, offset)
+            if attr & 0x7FFF == 1:  # NFTA_GEN_ID
+                return cookie, struct.unpack_from(">I", buf, offset + 4)[0]
+            offset += (size + 3) & ~3
+        return None
+    finally:
+        sock.close()
