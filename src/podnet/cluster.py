@@ -75,12 +75,14 @@ def up(
     cluster = spec.cluster.name
     # Planning may still refuse the spec (a full node block, a hostPort clash): do it before
     # the lock or the store create anything.
-    p = plan(spec, _previous_allocations(cluster))
+    previous = _previous_allocations(cluster)
+    p = plan(spec, previous)
     if dry_run:
         observed, extra = observe_cluster(cluster, p.state)
         return UpResult(cluster, diff(p.state, observed, extra), True)
     with cluster_lock(cluster, on_wait=on_wait):
-        p = plan(spec, _previous_allocations(cluster))  # again: another command may have changed them
+        if (current := _previous_allocations(cluster)) != previous:
+            p = plan(spec, current)  # another command changed them while this one waited
         store = Store(cluster)
         try:
             # Allocations first: a crash from here on replans the very same addresses.

@@ -46,7 +46,8 @@ def plan_services(spec: Spec, topo: Topology, previous: Allocations, allocations
         }
     except Exhausted as exc:
         raise PlanError(f"serviceCIDR {net} has no address left for service {exc.owner}") from None
-    allocations["service_ip"] = {k: v for k, v in vips.items() if k in wanting}
+    asked = set(wanting)
+    allocations["service_ip"] = {k: v for k, v in vips.items() if k in asked}
 
     fixed_ports = {_port_key(s, p.protocol, p.port): p.node_port for s in spec.services for p in s.ports if p.node_port}
     wanting_ports = [
