@@ -26,6 +26,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import pytest
 
@@ -85,8 +86,7 @@ def podman(root_untouched: None) -> Iterator[Podman]:
         pytest.fail(f"the podman test needs {', '.join(missing) or 'busybox-static'}: make deps installs them")
     # podman's caches are machine-wide: two runs of this test at once (two checkouts, two
     # sessions) would remove them under each other. One at a time.
-    lock = open(LOCK, "w")  # noqa: SIM115 - held until the end of the fixture
-    fcntl.flock(lock, fcntl.LOCK_EX)
+    lock = _exclusive(LOCK)
     existed = {p: os.path.exists(p) for p in PODMAN_TRACES}
     # conmon detaches from podman; as a subreaper this process inherits it and can reap it,
     # so that no zombie of the test waits for the machine's init.
@@ -150,8 +150,23 @@ def podman(root_untouched: None) -> Iterator[Podman]:
         for path, was_there in existed.items():
             if not was_there and os.path.exists(path):
                 shutil.rmtree(path)  # podman's caches, created by this test
+        os.unlink(LOCK)  # while held: a test waiting on it notices and locks a new file
         lock.close()
         assert not problems, problems
+
+
+def _exclusive(path: str) -> TextIO:
+    """An flock on ``path`` that its holder may unlink: retried until the file locked is the
+    file at the path (not one a previous holder unlinked)."""
+    while True:
+        f = open(path, "a")  # noqa: SIM115 - held until the end of the fixture
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            if os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
+                return f
+        except FileNotFoundError:
+            pass
+        f.close()
 
 
 def _reap_conmons() -> bool:
