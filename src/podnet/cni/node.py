@@ -30,7 +30,7 @@ from podnet.errors import KernelError, UsageError
 from podnet.kernel import nft
 from podnet.kernel.apply import apply
 from podnet.kernel.netlink import Session, Sessions
-from podnet.kernel.observe import _observe_one
+from podnet.kernel.observe import observe_one
 from podnet.plan import nat, plan
 from podnet.plan.backends import VXLAN_IF
 from podnet.plan.cluster import BRIDGE
@@ -126,7 +126,7 @@ class _HostSessions(Sessions):
 def observe(session: HostSession, cfg: NodeConfig) -> tuple[NetnsState, str]:
     """What podnet owns of this namespace now, and the name of the uplink (the interface that
     holds the node's underlay address)."""
-    ns, _ = _observe_one(session, set())
+    ns, _ = observe_one(session, set())
     uplink = next((a.ifname for a in ns.addresses if a.ip == cfg.node.underlay_ip), None)
     if uplink is None:
         raise UsageError(

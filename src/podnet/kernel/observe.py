@@ -45,7 +45,7 @@ def observe(
             if not netns.exists(name):
                 continue
             s = sessions.get(name)
-            ns, ends = _observe_one(s, sysctl_keys)
+            ns, ends = observe_one(s, sysctl_keys)
             if nft_in and name in nft_in:
                 ns.nft = nft.observe(name)
             ns.resolv_conf = netns.read_resolv_conf(name)
@@ -62,7 +62,9 @@ def _attr(msg, name):
     return msg.get_attr(name)
 
 
-def _observe_one(s: Session, sysctl_keys: set[str]) -> tuple[NetnsState, dict[str, _VethEnd]]:
+def observe_one(s: Session, sysctl_keys: set[str]) -> tuple[NetnsState, dict[str, _VethEnd]]:
+    """One namespace through an open session (the CNI agent passes its host's), and its veth
+    ends for resolving peers across namespaces."""
     ns = NetnsState(s.name)
     by_index: dict[int, str] = {}
     raw_links = list(s.ipr.get_links())
