@@ -34,6 +34,7 @@ FAMILIES = {"ip": 2, "inet": 1, "bridge": 7, "ip6": 10}
 VERDICTS = {"drop": 0, "accept": 1, "jump": -3, "goto": -4}
 SOL_NETLINK, NETLINK_EXT_ACK, NETLINK_CAP_ACK = 270, 11, 10
 MAX_ELEMENTS_ATTR = 60_000  # an attribute's length is 16 bits
+ANSWER_TIMEOUT_S = 30.0  # the kernel applies a batch within send(); the answer follows at once
 
 
 def _attr(kind: int, payload: bytes) -> bytes:
@@ -315,8 +316,12 @@ def _talk(sock: socket.socket, batch: Batch) -> None:
     sock.send(_header(NFNL_SUBSYS_NFTABLES << 8 | GETGEN, F_REQUEST, probe, 0, 0, b""))
     errors: list[str] = []
     answered = False
+    sock.settimeout(ANSWER_TIMEOUT_S)
     while not answered:
-        buf = sock.recv(1 << 20)
+        try:
+            buf = sock.recv(1 << 20)
+        except (TimeoutError, OSError) as exc:  # ENOBUFS: more errors than the buffer held
+            raise KernelError(f"nf_tables did not answer after the batch: {exc}; " + "; ".join(errors[:5])) from exc
         offset = 0
         while offset + 16 <= len(buf):
             length, kind, _flags, seq, _pid = struct.unpack_from("=IHHII", buf, offset)
