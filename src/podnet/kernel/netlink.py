@@ -8,13 +8,16 @@ forks one, which costs about three times as much per pod).
 from __future__ import annotations
 
 import os
+import socket
 
 from pyroute2 import IPRoute
 
-from podnet.kernel import netns
+from podnet.kernel import netns, rtdump
 
 
 class Session:
+    _rt: socket.socket | None = None  # a raw rtnetlink socket for dumps (kernel.rtdump), opened on use
+
     def __init__(self, name: str, fresh: bool = False) -> None:
         self.name = name
         with netns.entered(name):
@@ -46,8 +49,16 @@ class Session:
             self.refresh()
         return max(self.index.values(), default=1) + 1
 
+    @property
+    def rt(self) -> socket.socket:
+        if self._rt is None:
+            self._rt = rtdump.socket_in(self.fd)
+        return self._rt
+
     def close(self) -> None:
         self.ipr.close()
+        if self._rt is not None:
+            self._rt.close()
         os.close(self.fd)
 
 

@@ -8,14 +8,24 @@ across the observed namespaces so that a pair wired to the wrong place shows up 
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass
+import struct
+from dataclasses import dataclass, replace
 
-from podnet.kernel import netns, nft
+from podnet.kernel import netns, nft, rtdump
 from podnet.kernel.netlink import Session, Sessions
-from podnet.state import Address, Fdb, Link, NetnsState, NextHop, Route, State
+from podnet.state import Address, Fdb, Link, Neighbour, NetnsState, NextHop, Route, State
 
 IFF_UP = 0x1
 NUD_PERMANENT = 0x80
+IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER = 1, 3, 4, 5, 10
+IFLA_LINKINFO, IFLA_IFALIAS, IFLA_LINK_NETNSID = 18, 20, 37
+IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_SLAVE_KIND, IFLA_INFO_SLAVE_DATA = 1, 2, 4, 5
+IFLA_BRPORT_MODE = 4  # hairpin
+IFLA_VXLAN_ID, IFLA_VXLAN_LOCAL, IFLA_VXLAN_LEARNING, IFLA_VXLAN_PORT = 1, 4, 7, 15
+IFA_ADDRESS = 1
+RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_MULTIPATH, RTA_TABLE = 1, 4, 5, 6, 9, 15
+RTN_UNICAST = 1
+NDA_DST, NDA_LLADDR = 1, 2
 RTPROT = {2: "kernel", 3: "boot", 4: "static", 12: "bird", 186: "bgp"}
 PROTO_NUMBER = {v: k for k, v in RTPROT.items()}
 LOCAL_TABLE = 255
@@ -58,108 +68,44 @@ def observe(
     return state
 
 
-def _attr(msg, name):
-    return msg.get_attr(name)
-
-
 def observe_one(s: Session, sysctl_keys: set[str]) -> tuple[NetnsState, dict[str, _VethEnd]]:
     """One namespace through an open session (the CNI agent passes its host's), and its veth
     ends for resolving peers across namespaces."""
     ns = NetnsState(s.name)
-    by_index: dict[int, str] = {}
-    raw_links = list(s.ipr.get_links())
-    for m in raw_links:
-        by_index[m["index"]] = _attr(m, "IFLA_IFNAME")
+    raw_links = list(rtdump.dump(s.rt, rtdump.RTM_GETLINK, rtdump.IFINFO, socket.AF_UNSPEC))
+    by_index: dict[int, str] = {m.header[2]: rtdump.text(m.attrs.get(IFLA_IFNAME)) or "" for m in raw_links}
     s.index = {v: k for k, v in by_index.items()}
     ends: dict[str, _VethEnd] = {}
     for m in raw_links:
-        name = _attr(m, "IFLA_IFNAME")
-        info = _attr(m, "IFLA_LINKINFO")
-        kind = info.get_attr("IFLA_INFO_KIND") if info is not None else None
-        if kind is None:
-            kind = "loopback" if name == "lo" else "unknown"
-        master = _attr(m, "IFLA_MASTER")
-        link = Link(
-            name=name,
-            kind=kind,
-            up=bool(m["flags"] & IFF_UP),
-            mac=_attr(m, "IFLA_ADDRESS") if kind != "loopback" else None,
-            mtu=_attr(m, "IFLA_MTU") if kind != "loopback" else None,
-            master=by_index.get(master) if master else None,
-            alias=_attr(m, "IFLA_IFALIAS") or None,
-        )
-        slave = info.get_attr("IFLA_INFO_SLAVE_DATA") if info is not None else None
-        if slave is not None and info.get_attr("IFLA_INFO_SLAVE_KIND") == "bridge":
-            link = _with(link, hairpin=bool(slave.get_attr("IFLA_BRPORT_MODE")))
-        if kind == "vxlan":
-            data = info.get_attr("IFLA_INFO_DATA")
-            link = _with(
-                link,
-                vni=data.get_attr("IFLA_VXLAN_ID"),
-                local=data.get_attr("IFLA_VXLAN_LOCAL"),
-                dstport=data.get_attr("IFLA_VXLAN_PORT"),
-                learning=bool(data.get_attr("IFLA_VXLAN_LEARNING")),
-            )
-        if kind == "veth":
-            nsid = _attr(m, "IFLA_LINK_NETNSID")
-            ends[name] = _VethEnd(m["index"], _attr(m, "IFLA_LINK") or 0, nsid)
-        ns.links[name] = link
+        _, _, index, flags, _ = m.header
+        name = by_index[index]
+        ns.links[name] = _link(m, name, flags, by_index)
+        if ns.links[name].kind == "veth":
+            nsid = rtdump.s32(m.attrs.get(IFLA_LINK_NETNSID))
+            ends[name] = _VethEnd(index, rtdump.s32(m.attrs.get(IFLA_LINK)) or 0, nsid)
 
-    for m in s.ipr.get_addr(family=socket.AF_INET):
-        ifname = by_index.get(m["index"])
+    for m in rtdump.dump(s.rt, rtdump.RTM_GETADDR, rtdump.IFADDR, socket.AF_INET):
+        ifname = by_index.get(m.header[4])
         if ifname is not None and ifname != "lo":
-            ns.addresses.add(Address(ifname, f"{_attr(m, 'IFA_ADDRESS')}/{m['prefixlen']}"))
+            ns.addresses.add(Address(ifname, f"{rtdump.ipv4(m.attrs.get(IFA_ADDRESS))}/{m.header[1]}"))
 
-    for m in s.ipr.get_routes(family=socket.AF_INET):
-        table = _attr(m, "RTA_TABLE") or m["table"]
-        if table == LOCAL_TABLE or m["proto"] == PROTO_NUMBER["kernel"] or m["type"] != 1:
-            continue
-        dst = _attr(m, "RTA_DST") or "0.0.0.0"
-        nexthops: list[NextHop] = []
-        multipath = _attr(m, "RTA_MULTIPATH")
-        if multipath:
-            for nh in multipath:
-                nexthops.append(
-                    NextHop(
-                        nh.get_attr("RTA_GATEWAY"),
-                        by_index.get(nh["oif"]),
-                        nh["hops"] + 1,
-                        bool(nh["flags"] & RTNH_F_ONLINK),
-                    )
-                )
-        else:
-            nexthops.append(
-                NextHop(
-                    _attr(m, "RTA_GATEWAY"),
-                    by_index.get(_attr(m, "RTA_OIF")),
-                    1,
-                    bool(m["flags"] & RTNH_F_ONLINK),
-                )
-            )
-        ns.add_route(
-            Route(
-                f"{dst}/{m['dst_len']}",
-                tuple(nexthops),
-                table=table,
-                metric=_attr(m, "RTA_PRIORITY") or 0,
-                proto=RTPROT.get(m["proto"], str(m["proto"])),
-            )
-        )
+    for m in rtdump.dump(s.rt, rtdump.RTM_GETROUTE, rtdump.RTMSG, socket.AF_INET):
+        route = _route(m, by_index)
+        if route is not None:
+            ns.add_route(route)
 
-    for m in s.ipr.get_neighbours(family=socket.AF_INET):
-        if m["state"] & NUD_PERMANENT:
-            ifname = by_index.get(m["ifindex"])
-            if ifname is not None:
-                from podnet.state import Neighbour
-
-                ns.neighbours.add(Neighbour(ifname, _attr(m, "NDA_DST"), _attr(m, "NDA_LLADDR")))
+    for m in rtdump.dump(s.rt, rtdump.RTM_GETNEIGH, rtdump.NDMSG, socket.AF_INET):
+        _, ifindex, state, _, _ = m.header
+        ifname = by_index.get(ifindex)
+        if state & NUD_PERMANENT and ifname is not None:
+            ns.neighbours.add(Neighbour(ifname, rtdump.ipv4(m.attrs.get(NDA_DST)), rtdump.mac(m.attrs.get(NDA_LLADDR))))
 
     if any(link.kind == "vxlan" for link in ns.links.values()):
-        for m in s.ipr.fdb("dump"):
-            ifname = by_index.get(m["ifindex"])
-            dst = _attr(m, "NDA_DST")
-            if ifname is not None and dst and ns.links.get(ifname, Link("", "")).kind == "vxlan":
-                ns.fdb.add(Fdb(ifname, _attr(m, "NDA_LLADDR"), dst))
+        for m in rtdump.dump(s.rt, rtdump.RTM_GETNEIGH, rtdump.NDMSG, rtdump.AF_BRIDGE):
+            ifname = by_index.get(m.header[1])
+            dst = m.attrs.get(NDA_DST)
+            if ifname is not None and dst and ns.links[ifname].kind == "vxlan":
+                ns.fdb.add(Fdb(ifname, rtdump.mac(m.attrs.get(NDA_LLADDR)) or "", rtdump.ipv4(dst) or ""))
 
     if sysctl_keys:
         with netns.entered(s.name):
@@ -170,10 +116,67 @@ def observe_one(s: Session, sysctl_keys: set[str]) -> tuple[NetnsState, dict[str
     return ns, ends
 
 
-def _with(link: Link, **changes: object) -> Link:
-    from dataclasses import replace
+def _link(m: rtdump.Message, name: str, flags: int, by_index: dict[int, str]) -> Link:
+    info = rtdump.attributes(m.attrs[IFLA_LINKINFO]) if IFLA_LINKINFO in m.attrs else {}
+    kind = rtdump.text(info.get(IFLA_INFO_KIND)) or ("loopback" if name == "lo" else "unknown")
+    master = rtdump.u32(m.attrs.get(IFLA_MASTER))
+    loopback = kind == "loopback"
+    link = Link(
+        name=name,
+        kind=kind,
+        up=bool(flags & IFF_UP),
+        mac=None if loopback else rtdump.mac(m.attrs.get(IFLA_ADDRESS)),
+        mtu=None if loopback else rtdump.u32(m.attrs.get(IFLA_MTU)),
+        master=by_index.get(master) if master else None,
+        alias=rtdump.text(m.attrs.get(IFLA_IFALIAS)) or None,
+    )
+    if rtdump.text(info.get(IFLA_INFO_SLAVE_KIND)) == "bridge" and IFLA_INFO_SLAVE_DATA in info:
+        port = rtdump.attributes(info[IFLA_INFO_SLAVE_DATA])
+        link = replace(link, hairpin=bool(port.get(IFLA_BRPORT_MODE, b"\0")[0]))
+    if kind == "vxlan" and IFLA_INFO_DATA in info:
+        data = rtdump.attributes(info[IFLA_INFO_DATA])
+        port = data.get(IFLA_VXLAN_PORT)
+        link = replace(
+            link,
+            vni=rtdump.u32(data.get(IFLA_VXLAN_ID)),
+            local=rtdump.ipv4(data.get(IFLA_VXLAN_LOCAL)),
+            dstport=struct.unpack(">H", port[:2])[0] if port else None,
+            learning=bool(data.get(IFLA_VXLAN_LEARNING, b"\0")[0]),
+        )
+    return link
 
-    return replace(link, **changes)
+
+def _route(m: rtdump.Message, by_index: dict[int, str]) -> Route | None:
+    """A route podnet may own; None for the kernel's own (local table, connected, not unicast)."""
+    _, dst_len, _, _, table8, proto, _, kind, flags = m.header
+    table = rtdump.u32(m.attrs.get(RTA_TABLE)) or table8
+    if table == LOCAL_TABLE or proto == PROTO_NUMBER["kernel"] or kind != RTN_UNICAST:
+        return None
+    dst = rtdump.ipv4(m.attrs.get(RTA_DST)) or "0.0.0.0"
+    if RTA_MULTIPATH in m.attrs:
+        nexthops = tuple(
+            NextHop(
+                rtdump.ipv4(attrs.get(RTA_GATEWAY)), by_index.get(ifindex), hops + 1, bool(nh_flags & RTNH_F_ONLINK)
+            )
+            for nh_flags, hops, ifindex, attrs in rtdump.nexthops(m.attrs[RTA_MULTIPATH])
+        )
+    else:
+        oif = rtdump.u32(m.attrs.get(RTA_OIF))
+        nexthops = (
+            NextHop(
+                rtdump.ipv4(m.attrs.get(RTA_GATEWAY)),
+                by_index.get(oif) if oif is not None else None,
+                1,
+                bool(flags & RTNH_F_ONLINK),
+            ),
+        )
+    return Route(
+        f"{dst}/{dst_len}",
+        nexthops,
+        table=table,
+        metric=rtdump.u32(m.attrs.get(RTA_PRIORITY)) or 0,
+        proto=RTPROT.get(proto, str(proto)),
+    )
 
 
 def _resolve_peers(state: State, veths: dict[str, dict[str, _VethEnd]], sessions: Sessions) -> None:
@@ -198,7 +201,7 @@ def _resolve_peers(state: State, veths: dict[str, dict[str, _VethEnd]], sessions
                 peer_ns, peer_if = candidates[0]
             else:
                 peer_ns, peer_if = "?", "?"  # the other end is outside podnet's namespaces
-            state.namespaces[ns_name].links[ifname] = _with(
+            state.namespaces[ns_name].links[ifname] = replace(
                 state.namespaces[ns_name].links[ifname], peer_netns=peer_ns, peer_name=peer_if
             )
 
