@@ -137,6 +137,7 @@ def test_observe_after_podnet_wrote_the_table_does_not_list_it(
 ) -> None:
     ns = scratch[0]
     table = services_tables()["podnet_svc_node-1"]
+    assert nft.observe(ns) is None  # as up does: observe, then write the difference
     nft.load(ns, table, None)
 
     def no_nft(*args: object, **kwargs: object) -> None:
@@ -150,10 +151,10 @@ def test_any_other_commit_makes_observe_list_the_kernel(scratch: list[str]) -> N
     """A rule added by hand (another nf_tables transaction) is seen, as drift."""
     ns = scratch[0]
     table = services_tables()["podnet_svc_node-1"]
+    assert nft.observe(ns) is None
     nft.load(ns, table, None)
-    subprocess.run(
-        ["nsenter", f"--net={netns.path(ns)}", "nft", "add", "rule", "ip", "podnet", "services", "accept"], check=True
-    )
+    assert nftcache.list_prefixed(ns), "the write was recorded"
+    add_rule_by_hand(ns)
     observed = nft.observe(ns)
     assert observed is not None and observed != table
     assert observed.chains["services"].ids[-1] == "?"  # a rule podnet did not write
@@ -164,7 +165,9 @@ def test_a_namespace_of_the_same_name_is_not_taken_for_the_old_one(scratch: list
     the same number of transactions committed, is listed, not remembered."""
     ns = scratch[0]
     table = services_tables()["podnet_svc_node-1"]
+    assert nft.observe(ns) is None
     nft.load(ns, table, None)
+    assert nftcache.list_prefixed(ns), "the write was recorded"
     generation = nftnl.generation(ns)
     netns.delete(ns)
     netns.create(ns)
@@ -180,3 +183,26 @@ def test_a_namespace_of_the_same_name_is_not_taken_for_the_old_one(scratch: list
     assert generation is not None and renewed is not None
     assert renewed[1] == generation[1] and renewed[0] != generation[0]
     assert nft.observe(ns) == small
+
+
+def add_rule_by_hand(ns: str) -> None:
+    subprocess.run(
+        ["nsenter", f"--net={netns.path(ns)}", "nft", "add", "rule", "ip", "podnet", "services", "accept"], check=True
+    )
+
+
+def test_a_commit_between_observe_and_write_is_not_taken_into_the_record(scratch: list[str]) -> None:
+    """The kernel changes after podnet read it and before podnet writes the difference: the
+    write does not know of that change, so its record must not stand for the kernel."""
+    ns = scratch[0]
+    text = (REPO / "examples" / "services.yaml").read_text()
+    table = services_tables()["podnet_svc_node-1"]
+    nft.load(ns, table, None)
+    have = nft.observe(ns)
+    add_rule_by_hand(ns)
+    changed = plan(load_text(text.replace("targetPort: 8080}]", "targetPort: 9090}]", 1), "s.yaml"))
+    want = changed.state.namespaces["podnet_svc_node-1"].nft
+    assert want is not None and want != table
+    nft.load(ns, want, have)
+    observed = nft.observe(ns)
+    assert observed is not None and observed.chains["services"].ids[-1] == "?"

@@ -117,7 +117,8 @@ class NftRule:
 
     @cached_property
     def id(self) -> str:
-        return _short_hash(self.text, self.comment)
+        # The expressions count too: a rule whose encoding changes is rewritten.
+        return _short_hash(self.text, self.comment, self.code) if self.code else _short_hash(self.text, self.comment)
 
     @property
     def note(self) -> str:

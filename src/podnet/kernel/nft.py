@@ -1,13 +1,15 @@
-"""podnet's nftables tables: one ``nft -f`` transaction per namespace, touching only what changed.
+"""podnet's nftables tables: the difference between the table wanted and the table there.
 
-Like kube-proxy's nftables proxier, a sync writes the difference between the table it wants
-and the table it has: new chains and their rules, flushed-and-refilled chains whose rules
-changed, added and deleted map elements, deleted chains and sets. Unchanged services cost
-nothing, one changed service costs its own chain and elements, and the whole script is one
-transaction, so no packet ever sees half a ruleset.
+Like kube-proxy's nftables proxier, a sync writes only what changed: new chains and their
+rules, flushed-and-refilled chains whose rules changed, added and deleted map elements,
+deleted chains and sets. Unchanged services cost nothing, one changed service costs its own
+chain and elements. A sync is at most two transactions (``plan_sync``): an ``nft -f`` script
+for declarations and the rules that are not Service rules, then one netlink batch
+(``nftnl``) for everything Services consist of, so a Services change is never half applied.
 
-Reading back (``observe``) parses ``nft -j``: chains with their hooks, rules by the id each
-carries in its comment, and set/map elements rendered back to nft source.
+Reading back (``read``) parses ``nft -j``: chains with their hooks, rules by the id each
+carries in its comment, and set/map elements rendered back to nft source; ``observe`` uses
+podnet's own record instead while the kernel says nothing was committed since (``nftcache``).
 """
 
 from __future__ import annotations
@@ -158,25 +160,47 @@ def _element_lines(verb: str, table: str, name: str, elements: Iterable[str]) ->
     ]
 
 
+# The generation at which this process last knew a table exactly, by (namespace, family,
+# name): read back (observe, read) or written by load.
+_known: dict[tuple[str, str, str], tuple[int, int]] = {}
+
+
 def load(ns: str, want: NftTable, have: NftTable | None) -> None:
-    start = nftnl.generation(ns)
+    """Turn the kernel's table ``have`` into ``want``.
+
+    The result is recorded (see nftcache) only if ``have`` was known at the very generation
+    the write started from and the generation then moved by exactly podnet's own commits:
+    a commit of anyone else before or during the write, and the next observe lists.
+    """
+    key = (ns, want.family, want.name)
+    known = _known.pop(key, None)
     sync = plan_sync(want, have)
-    commits = 0
+    commits = int(bool(sync.before or sync.after)) + int(sync.batch is not None)
+    if commits == 0:  # nothing to write: ``have`` is ``want``
+        if known is not None:
+            _known[key] = known
+        return
+    start = nftnl.generation(ns)
     nftcache.forget(ns, want.family, want.name)  # until the write is known to be complete
     if sync.before or sync.after:
         _run_script(ns, want, [*sync.before, *sync.after])
-        commits += 1
     if sync.batch is not None:
         try:
             sync.batch.send(ns)
         except KernelError as exc:
             raise KernelError(f"{ns}: table {want.family} {want.name}: {exc}") from exc
-        commits += 1
     end = nftnl.generation(ns)
-    # Remembered only when the generation moved by exactly podnet's own commits: a commit of
-    # anyone else in between (or one of ours that changed nothing) and the next observe lists.
-    if commits and start is not None and end is not None and end == (start[0], (start[1] + commits) % 2**32):
+    if known is not None and start == known and end == _advance(known, commits):
         nftcache.remember(ns, want, end)
+        _known[key] = end
+
+
+def _advance(generation: tuple[int, int], commits: int) -> tuple[int, int]:
+    """The generation after ``commits`` more commits (the kernel skips 0 when it wraps)."""
+    cookie, number = generation
+    for _ in range(commits):
+        number = (number + 1) % 2**32 or 1
+    return cookie, number
 
 
 def _run_script(ns: str, want: NftTable, lines: list[str]) -> None:
@@ -197,16 +221,27 @@ def delete(ns: str, table: NftTable) -> None:
 def observe(ns: str, family: str = "ip", name: str = "podnet") -> NftTable | None:
     """The table as the kernel holds it: what podnet last wrote if nothing was committed in
     the namespace since (see nftcache), otherwise read back with ``nft -j list``."""
-    remembered = nftcache.recall(ns, family, name, nftnl.generation(ns))
-    return remembered if remembered is not None else read(ns, family, name)
+    generation = nftnl.generation(ns)
+    remembered = nftcache.recall(ns, family, name, generation)
+    if remembered is None:
+        return read(ns, family, name)
+    assert generation is not None
+    _known[(ns, family, name)] = generation
+    return remembered
 
 
 def read(ns: str, family: str = "ip", name: str = "podnet") -> NftTable | None:
     """The table read back from the kernel with ``nft -j list`` (None: there is none)."""
+    # The generation before listing: a commit during the listing makes the record stale (the
+    # next observe sees another generation and lists again), never wrong.
+    generation = nftnl.generation(ns)
     proc = _nft(ns, ["-j", "list", "table", family, name])
-    if proc.returncode != 0:
-        return None
-    return parse(json.loads(proc.stdout), family, name)
+    table = parse(json.loads(proc.stdout), family, name) if proc.returncode == 0 else None
+    if generation is not None:
+        if table is not None:
+            nftcache.remember(ns, table, generation)
+        _known[(ns, family, name)] = generation
+    return table
 
 
 def parse(data: dict, family: str = "ip", name: str = "podnet") -> NftTable:

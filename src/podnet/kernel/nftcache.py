@@ -27,7 +27,18 @@ def _path(ns: str, family: str, name: str) -> Path:
     return CACHE_DIR / f"{ns}@{family}@{name}.json"  # "@" is in no name podnet gives a namespace
 
 
-def remember(ns: str, table: NftTable, generation: tuple[int, int]) -> None:
+def remember(ns: str, table: NftTable, generation: tuple[int, int]) -> bool:
+    """Record the table; False (and no record) when it cannot be written: a record is only
+    ever a shortcut, the next observe then lists the table."""
+    try:
+        _write(ns, table, generation)
+    except OSError:
+        forget(ns, table.family, table.name)
+        return False
+    return True
+
+
+def _write(ns: str, table: NftTable, generation: tuple[int, int]) -> None:
     CACHE_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
     record = {
         "cookie": generation[0],
@@ -47,15 +58,15 @@ def recall(ns: str, family: str, name: str, generation: tuple[int, int] | None) 
         return None
     try:
         record = json.loads(_path(ns, family, name).read_text())
-    except (FileNotFoundError, ValueError):
-        return None
-    if (record.get("cookie"), record.get("generation")) != generation:
-        return None
-    table = NftTable(family, name)
-    for chain, (hook, ids) in record["chains"].items():
-        table.chains[chain] = NftChain(chain, tuple(hook) if hook else None, (), tuple(ids))
-    for set_name, (kind, dynamic, elements) in record["sets"].items():
-        table.sets[set_name] = NftSet(set_name, "", kind, frozenset(elements), dynamic)
+        if (record.get("cookie"), record.get("generation")) != generation:
+            return None
+        table = NftTable(family, name)
+        for chain, (hook, ids) in record["chains"].items():
+            table.chains[chain] = NftChain(chain, tuple(hook) if hook else None, (), tuple(ids))
+        for set_name, (kind, dynamic, elements) in record["sets"].items():
+            table.sets[set_name] = NftSet(set_name, "", kind, frozenset(elements), dynamic)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None  # no record, or not one of ours: list the table
     return table
 
 

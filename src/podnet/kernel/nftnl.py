@@ -166,8 +166,10 @@ def _joined(convs: list[Callable[[str], bytes]]) -> Callable[[str], bytes]:
 class ElementCodec:
     """How a set's elements (nft source) become key and data bytes; from the set's declaration.
 
-    Every component is four bytes, so all elements of a set share one layout: the attribute
-    headers are computed once and an element costs its conversions and one concatenation.
+    Every component it accepts takes four bytes (an address, a numgen slot, or a port or
+    protocol inside a concatenation), so all elements of a set share one layout: the
+    attribute headers are computed once and an element costs its conversions and one
+    concatenation.
     """
 
     key: tuple[str, ...]
@@ -186,6 +188,10 @@ class ElementCodec:
         except KeyError:
             return None
         if "verdict" in key or (data and "verdict" in data and len(data) > 1):
+            return None
+        # Inside a concatenation every component takes four bytes; alone, a port takes two
+        # and a protocol one, which this writer does not encode.
+        if any(len(part) == 1 and part[0] in ("port", "proto") for part in (key, data or ())):
             return None
         return ElementCodec(key, data)
 
@@ -279,10 +285,15 @@ class Batch:
         """Apply the batch in namespace ``ns`` as one transaction; KernelError names what failed."""
         if not self.messages:
             return
-        with netns.entered(ns):
-            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+        try:
+            with netns.entered(ns):
+                sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+        except OSError as exc:
+            raise KernelError(f"no nf_tables netlink socket in {ns}: {exc}") from exc
         try:
             _talk(sock, self)
+        except OSError as exc:
+            raise KernelError(f"nf_tables netlink in {ns}: {exc}") from exc
         finally:
             sock.close()
 
@@ -344,14 +355,14 @@ def generation(ns: str) -> tuple[int, int] | None:
     """(the namespace's cookie, its nf_tables generation): equal twice, nothing was committed
     in between. The cookie tells a namespace from a later one of the same name (inode
     numbers are reused, cookies are not); None where the kernel has no cookies (before 5.14)."""
-    with netns.entered(ns):
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+    try:
+        with netns.entered(ns):
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+    except OSError:
+        return None  # no such namespace (any more): nothing to vouch for
     try:
         sock.bind((0, 0))
-        try:
-            cookie = int.from_bytes(sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8), sys.byteorder)
-        except OSError:
-            return None
+        cookie = int.from_bytes(sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8), sys.byteorder)
         sock.send(_header(NFNL_SUBSYS_NFTABLES << 8 | GETGEN, F_REQUEST, 1, 0, 0, b""))
         buf = sock.recv(65536)
         length, kind, _flags, _seq, _pid = struct.unpack_from("=IHHII", buf)
@@ -363,6 +374,8 @@ def generation(ns: str) -> tuple[int, int] | None:
             if attr & 0x7FFF == 1:  # NFTA_GEN_ID
                 return cookie, struct.unpack_from(">I", buf, offset + 4)[0]
             offset += (size + 3) & ~3
+        return None
+    except OSError:
         return None
     finally:
         sock.close()
