@@ -206,3 +206,44 @@ def test_a_commit_between_observe_and_write_is_not_taken_into_the_record(scratch
     nft.load(ns, want, have)
     observed = nft.observe(ns)
     assert observed is not None and observed.chains["services"].ids[-1] == "?"
+
+
+def changed_tables() -> tuple:
+    """node-1's table, and the same after loner's endpoint moved to another target port."""
+    text = (REPO / "examples" / "services.yaml").read_text()
+    moved = plan(load_text(text.replace("targetPort: 8080}]", "targetPort: 9090}]", 1), "s.yaml"))
+    return services_tables()["podnet_svc_node-1"], moved.state.namespaces["podnet_svc_node-1"].nft
+
+
+def test_a_change_completes_the_record_which_then_equals_the_kernel(
+    scratch: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ns = scratch[0]
+    table, changed = changed_tables()
+    assert nft.observe(ns) is None
+    nft.load(ns, table, None)
+    nft.load(ns, changed, nft.observe(ns))
+    with monkeypatch.context() as m:
+        m.setattr(nft, "_nft", lambda *a, **k: pytest.fail("nft ran: the table was listed"))
+        assert nft.observe(ns) == changed
+    assert nft.read(ns) == changed  # and that is what the kernel holds
+
+
+def test_a_failed_write_leaves_no_record(scratch: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    ns = scratch[0]
+    table, changed = changed_tables()
+    assert nft.observe(ns) is None
+    nft.load(ns, table, None)
+    have = nft.observe(ns)
+
+    def refused(self: nftnl.Batch, where: str) -> None:
+        raise KernelError("refused")
+
+    with monkeypatch.context() as m:
+        m.setattr(nftnl.Batch, "send", refused)
+        with pytest.raises(KernelError):
+            nft.load(ns, changed, have)
+    listed: list[object] = []
+    real = nft._nft
+    monkeypatch.setattr(nft, "_nft", lambda *a, **k: listed.append(a) or real(*a, **k))
+    assert nft.observe(ns) == table and listed  # read back from the kernel, which kept the old table

@@ -58,6 +58,10 @@ class Sync:
     before: list[str]
     batch: nftnl.Batch | None
     after: list[str]
+    # What the sync changes, for the record of the table (nftcache): sets added, changed or
+    # removed, and whether any chain is.
+    sets_changed: frozenset[str] = frozenset()
+    chains_changed: bool = False
 
 
 def _via_netlink(chain: NftChain) -> bool:
@@ -107,11 +111,13 @@ def _plan_sync(want: NftTable, have: NftTable | None, netlink: bool) -> Sync:
             batch.elements("delete", name, codecs[name], stale)
         else:
             before += _element_lines("delete", t, name, stale)
+    chains_changed = bool(recreated)
     for name, chain in want.chains.items():
         old = have.chains.get(name)
         fresh = old is None or name in recreated
         if not fresh and old.ids == chain.ids:
             continue
+        chains_changed = True
         if batch is not None and _via_netlink(chain):
             if not fresh:
                 batch.flush_chain(name)
@@ -144,7 +150,8 @@ def _plan_sync(want: NftTable, have: NftTable | None, netlink: bool) -> Sync:
         after += [f"delete chain {t} {name}" for name in removed]
     if table_exists and before == [f"add table {t}"]:
         before = []
-    return Sync(before, batch if batch else None, after)
+    sets_changed = frozenset([*changed, *(n for n in want.sets if n not in have.sets), *(n for n, _ in removed_sets)])
+    return Sync(before, batch if batch else None, after, sets_changed, chains_changed or bool(removed))
 
 
 def script(want: NftTable, have: NftTable | None) -> str:
@@ -181,7 +188,7 @@ def load(ns: str, want: NftTable, have: NftTable | None) -> None:
             _known[key] = known
         return
     start = nftnl.generation(ns)
-    nftcache.forget(ns, want.family, want.name)  # until the write is known to be complete
+    nftcache.invalidate(ns, want.family, want.name)  # until the write is known to be complete
     if sync.before or sync.after:
         _run_script(ns, want, [*sync.before, *sync.after])
     if sync.batch is not None:
@@ -191,8 +198,10 @@ def load(ns: str, want: NftTable, have: NftTable | None) -> None:
             raise KernelError(f"{ns}: table {want.family} {want.name}: {exc}") from exc
     end = nftnl.generation(ns)
     if known is not None and start == known and end == _advance(known, commits):
-        nftcache.remember(ns, want, end)
-        _known[key] = end
+        # The record on disk is ``have`` (or there is no table): only what changed is rewritten.
+        parts = None if have is None else (sync.sets_changed, sync.chains_changed)
+        if nftcache.remember(ns, want, end, parts):
+            _known[key] = end
 
 
 def _advance(generation: tuple[int, int], commits: int) -> tuple[int, int]:
@@ -238,9 +247,11 @@ def read(ns: str, family: str = "ip", name: str = "podnet") -> NftTable | None:
     proc = _nft(ns, ["-j", "list", "table", family, name])
     table = parse(json.loads(proc.stdout), family, name) if proc.returncode == 0 else None
     if generation is not None:
-        if table is not None:
-            nftcache.remember(ns, table, generation)
-        _known[(ns, family, name)] = generation
+        if table is None:
+            nftcache.forget(ns, family, name)
+            _known[(ns, family, name)] = generation
+        elif nftcache.remember(ns, table, generation):
+            _known[(ns, family, name)] = generation
     return table
 
 

@@ -8,70 +8,154 @@ generation, table); observing finds the same pair only if no transaction at all 
 nft, iptables-nft or anyone) was committed there since, and then the record is the table.
 Anything else (another generation, another namespace, no record) falls back to listing.
 
-Records live under /run (gone at reboot, with the namespaces), one file per namespace and
-table; ``down`` and a deleted namespace remove them.
+A record is a directory: a ``base`` file with the whole table, files of their own for
+chains and sets changed since, and a ``head`` naming the generation and the file of each
+part, replaced last. A change writes only what it changed (one endpoint map for a moved
+endpoint), after setting the head aside, so a crash in between leaves no head and the next
+observe lists. Records live under /run (gone at reboot, with the
+namespaces); ``down`` and a deleted namespace remove them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
+import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 from podnet.state import NftChain, NftSet, NftTable
 
 CACHE_DIR = Path(os.environ.get("PODNET_NFT_CACHE", "/run/podnet/nft"))
+HEAD, STALE, BASE = "head", "head.stale", "base"
 
 
-def _path(ns: str, family: str, name: str) -> Path:
-    return CACHE_DIR / f"{ns}@{family}@{name}.json"  # "@" is in no name podnet gives a namespace
+def _dir(ns: str, family: str, name: str) -> Path:
+    return CACHE_DIR / f"{ns}@{family}@{name}"  # "@" is in no name podnet gives a namespace
 
 
-def remember(ns: str, table: NftTable, generation: tuple[int, int]) -> bool:
-    """Record the table; False (and no record) when it cannot be written: a record is only
-    ever a shortcut, the next observe then lists the table."""
+def _own_file(name: str) -> str:
+    return "set-" + hashlib.sha1(name.encode()).hexdigest()[:20]  # set names hold "/"
+
+
+def _chains_section(table: NftTable) -> str:
+    lines = [f"{n}\t{json.dumps(c.hook) if c.hook else '-'}\t{','.join(c.ids)}" for n, c in table.chains.items()]
+    return "chains\n" + "\n".join(lines)
+
+
+def _set_section(s: NftSet) -> str:
+    return f"set\t{s.kind}\t{int(s.dynamic)}\t{s.name}\n" + ("" if s.dynamic else "\n".join(s.elements))
+
+
+def remember(
+    ns: str, table: NftTable, generation: tuple[int, int], parts: tuple[Iterable[str], bool] | None = None
+) -> bool:
+    """Record ``table`` as the kernel's at ``generation``. ``parts``: (sets changed, whether
+    chains changed) since the record invalidated last, which is then completed, not rewritten.
+    False (and no record) when it cannot be written: a record is only ever a shortcut."""
+    where = _dir(ns, table.family, table.name)
     try:
-        _write(ns, table, generation)
-    except OSError:
+        previous = json.loads((where / STALE).read_text()) if parts is not None else None
+    except (OSError, ValueError):
+        previous = None
+    try:
+        if previous is None or parts is None:
+            _write_base(where, table, generation)
+        else:
+            _write_parts(where, table, generation, previous, parts)
+    except (OSError, KeyError, TypeError, AttributeError):
         forget(ns, table.family, table.name)
         return False
     return True
 
 
-def _write(ns: str, table: NftTable, generation: tuple[int, int]) -> None:
-    CACHE_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
-    record = {
-        "cookie": generation[0],
-        "generation": generation[1],
-        "chains": {n: [list(c.hook) if c.hook else None, list(c.ids)] for n, c in table.chains.items()},
-        "sets": {n: [s.kind, s.dynamic, [] if s.dynamic else list(s.elements)] for n, s in table.sets.items()},
-    }
-    path = _path(ns, table.family, table.name)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, separators=(",", ":")))
-    os.replace(tmp, path)
+def _write_base(where: Path, table: NftTable, generation: tuple[int, int]) -> None:
+    """Everything in one file (one open: a file each cost more than their contents)."""
+    shutil.rmtree(where, ignore_errors=True)
+    where.mkdir(parents=True, mode=0o700)
+    sections = [_chains_section(table), *(_set_section(s) for s in table.sets.values())]
+    (where / BASE).write_text("\n\0".join(sections))
+    _write_head(where, generation, BASE, dict.fromkeys(table.sets, BASE))
+
+
+def _write_parts(
+    where: Path, table: NftTable, generation: tuple[int, int], previous: dict, parts: tuple[Iterable[str], bool]
+) -> None:
+    """Only what changed, each in a file of its own; the rest stays where the head says."""
+    changed_sets, chains_changed = parts
+    files: dict[str, str] = {n: f for n, f in previous["sets"].items() if n in table.sets}
+    for name, file in previous["sets"].items():
+        if name not in table.sets and file != BASE:
+            (where / file).unlink(missing_ok=True)
+    chains_file = previous["chains"]
+    if chains_changed:
+        chains_file = "chains"
+        (where / chains_file).write_text(_chains_section(table))
+    for name in changed_sets:
+        if name in table.sets:
+            files[name] = _own_file(name)
+            (where / files[name]).write_text(_set_section(table.sets[name]))
+    _write_head(where, generation, chains_file, files)
+    (where / STALE).unlink(missing_ok=True)
+
+
+def _write_head(where: Path, generation: tuple[int, int], chains: str, sets: dict[str, str]) -> None:
+    head = {"cookie": generation[0], "generation": generation[1], "chains": chains, "sets": sets}
+    tmp = where / (HEAD + ".tmp")
+    tmp.write_text(json.dumps(head))
+    os.replace(tmp, where / HEAD)
 
 
 def recall(ns: str, family: str, name: str, generation: tuple[int, int] | None) -> NftTable | None:
     """The recorded table, if it was recorded at exactly this (cookie, generation)."""
     if generation is None:
         return None
+    where = _dir(ns, family, name)
     try:
-        record = json.loads(_path(ns, family, name).read_text())
-        if (record.get("cookie"), record.get("generation")) != generation:
+        head = json.loads((where / HEAD).read_text())
+        if (head.get("cookie"), head.get("generation")) != generation:
             return None
+        files: dict[str, list[str]] = {}  # file -> its sections
+        for file in {head["chains"], *head["sets"].values()}:
+            files[file] = (where / file).read_text().split("\n\0")
         table = NftTable(family, name)
-        for chain, (hook, ids) in record["chains"].items():
-            table.chains[chain] = NftChain(chain, tuple(hook) if hook else None, (), tuple(ids))
-        for set_name, (kind, dynamic, elements) in record["sets"].items():
-            table.sets[set_name] = NftSet(set_name, "", kind, frozenset(elements), dynamic)
+        sets: dict[str, NftSet] = {}
+        for file, sections in files.items():
+            for section in sections:
+                first, _, rest = section.partition("\n")
+                if first == "chains" and file == head["chains"]:
+                    table.chains = _parse_chains(rest)
+                elif first.startswith("set\t"):
+                    _, kind, dynamic, set_name = first.split("\t")
+                    if head["sets"].get(set_name) == file:
+                        sets[set_name] = NftSet(set_name, "", kind, frozenset(rest.splitlines()), dynamic == "1")
+        if set(sets) != set(head["sets"]):
+            return None
+        table.sets = sets
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None  # no record, or not one of ours: list the table
     return table
 
 
+def _parse_chains(text: str) -> dict[str, NftChain]:
+    chains = {}
+    for line in text.splitlines():
+        chain, hook, ids = line.split("\t")
+        hook_value = None if hook == "-" else tuple(json.loads(hook))
+        chains[chain] = NftChain(chain, hook_value, (), tuple(ids.split(",")) if ids else ())
+    return chains
+
+
+def invalidate(ns: str, family: str, name: str) -> None:
+    """The record stops standing for the kernel; its files stay, to be completed."""
+    with contextlib.suppress(FileNotFoundError):
+        os.replace(_dir(ns, family, name) / HEAD, _dir(ns, family, name) / STALE)
+
+
 def forget(ns: str, family: str, name: str) -> None:
-    _path(ns, family, name).unlink(missing_ok=True)
+    shutil.rmtree(_dir(ns, family, name), ignore_errors=True)
 
 
 def forget_namespace(ns: str) -> None:
@@ -79,16 +163,16 @@ def forget_namespace(ns: str) -> None:
 
 
 def forget_prefixed(prefix: str) -> None:
-    for path in _files(prefix):
-        path.unlink(missing_ok=True)
+    for path in _entries(prefix):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def list_prefixed(prefix: str) -> list[str]:
-    """The record files of namespaces whose names start with ``prefix``."""
-    return sorted(p.name for p in _files(prefix))
+    """The records of namespaces whose names start with ``prefix``."""
+    return sorted(p.name for p in _entries(prefix))
 
 
-def _files(prefix: str) -> list[Path]:
+def _entries(prefix: str) -> list[Path]:
     try:
         return [CACHE_DIR / e for e in os.listdir(CACHE_DIR) if e.startswith(prefix)]
     except FileNotFoundError:
