@@ -319,7 +319,7 @@ def test_trace_shows_bgp_routes_and_verify_follows_the_fabric(fabric: Cluster) -
         r = usecases.trace(
             "shop/web-1", "shop/web-2", proto=proto, port=80 if proto == "tcp" else 53, cluster=fabric.name, verify=True
         )
-        assert r.verified, [(h.name, h.observed, h.captured) for h in (*r.hops, *r.reply)]
+        assert r.verified, (r.hops[0].notes, [(h.name, h.observed, h.captured) for h in (*r.hops, *r.reply)])
         node1 = next(h for h in r.hops if h.name == "node-1")
         assert node1.route["chosen"]["proto"] == "bird"  # learned by BGP, and said so
         leaf1 = next(h for h in r.hops if h.name == "leaf-1")
