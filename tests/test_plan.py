@@ -330,6 +330,17 @@ def test_nodes_forward() -> None:
         assert p.state.namespaces[pod.netns].sysctls.get("net.ipv4.ip_forward", "0") == "0"
 
 
+def test_switches_bridge_without_ip_netfilter_and_nodes_with_it() -> None:
+    """Nodes need bridged pod traffic to pass netfilter (Services); a switch is pure L2."""
+    p = make_plan(example_text())
+    for subnet in p.topology.subnets.values():
+        sysctls = p.state.namespaces[subnet.switch_netns].sysctls
+        assert sysctls["net.ipv4.ip_forward"] == "0"
+        assert all(sysctls[f"net.bridge.bridge-nf-call-{t}"] == "0" for t in ("iptables", "ip6tables", "arptables"))
+    for node in p.topology.nodes.values():
+        assert p.state.namespaces[node.netns].sysctls["net.bridge.bridge-nf-call-iptables"] == "1"
+
+
 def test_pod_veths_hang_on_the_node_bridge() -> None:
     p = make_plan(example_text())
     for pod in p.topology.pods.values():
