@@ -167,17 +167,18 @@ def _element_lines(verb: str, table: str, name: str, elements: Iterable[str]) ->
     ]
 
 
-# The generation at which this process last knew a table exactly, by (namespace, family,
-# name): read back (observe, read) or written by load.
-_known: dict[tuple[str, str, str], tuple[int, int]] = {}
+# What this process last knew of a table exactly, by (namespace, family, name): the table
+# (None: there was none) and the generation it was read back (observe, read) or written at.
+_known: dict[tuple[str, str, str], tuple[tuple[int, int], NftTable | None]] = {}
 
 
 def load(ns: str, want: NftTable, have: NftTable | None) -> None:
     """Turn the kernel's table ``have`` into ``want``.
 
-    The result is recorded (see nftcache) only if ``have`` was known at the very generation
-    the write started from and the generation then moved by exactly podnet's own commits:
-    a commit of anyone else before or during the write, and the next observe lists.
+    The result is recorded (see nftcache) only if ``have`` is the very table this process
+    read back or wrote, at the generation the write started from, and the generation then
+    moved by exactly podnet's own commits: a commit of anyone else before or during the
+    write, and the next observe lists.
     """
     key = (ns, want.family, want.name)
     known = _known.pop(key, None)
@@ -197,11 +198,18 @@ def load(ns: str, want: NftTable, have: NftTable | None) -> None:
         except KernelError as exc:
             raise KernelError(f"{ns}: table {want.family} {want.name}: {exc}") from exc
     end = nftnl.generation(ns)
-    if known is not None and start == known and end == _advance(known, commits):
-        # The record on disk is ``have`` (or there is no table): only what changed is rewritten.
-        parts = None if have is None else (sync.sets_changed, sync.chains_changed)
-        if nftcache.remember(ns, want, end, parts):
-            _known[key] = end
+    if known is None or known[1] is not have or start != known[0] or end != _advance(known[0], commits):
+        return
+    if have is not None and any(
+        (old := have.sets.get(n)) is not None and (old.kind, old.dynamic) != (s.kind, s.dynamic)
+        for n, s in want.sets.items()
+    ):
+        return  # a set changing kind keeps its old declaration in the kernel: list it next time
+    # The record on disk is ``have`` as of ``start`` (or there is no table): only what changed
+    # is written, over it.
+    parts = None if have is None else (sync.sets_changed, sync.chains_changed)
+    if nftcache.remember(ns, want, end, parts, since=start):
+        _known[key] = (end, want)
 
 
 def _advance(generation: tuple[int, int], commits: int) -> tuple[int, int]:
@@ -235,7 +243,7 @@ def observe(ns: str, family: str = "ip", name: str = "podnet") -> NftTable | Non
     if remembered is None:
         return read(ns, family, name)
     assert generation is not None
-    _known[(ns, family, name)] = generation
+    _known[(ns, family, name)] = (generation, remembered)
     return remembered
 
 
@@ -245,13 +253,18 @@ def read(ns: str, family: str = "ip", name: str = "podnet") -> NftTable | None:
     # next observe sees another generation and lists again), never wrong.
     generation = nftnl.generation(ns)
     proc = _nft(ns, ["-j", "list", "table", family, name])
-    table = parse(json.loads(proc.stdout), family, name) if proc.returncode == 0 else None
+    if proc.returncode != 0:
+        if "No such file or directory" not in proc.stderr:
+            raise KernelError(f"{ns}: nft could not list table {family} {name}: {proc.stderr.strip()}")
+        table = None
+    else:
+        table = parse(json.loads(proc.stdout), family, name)
     if generation is not None:
         if table is None:
             nftcache.forget(ns, family, name)
-            _known[(ns, family, name)] = generation
+            _known[(ns, family, name)] = (generation, None)
         elif nftcache.remember(ns, table, generation):
-            _known[(ns, family, name)] = generation
+            _known[(ns, family, name)] = (generation, table)
     return table
 
 

@@ -13,17 +13,20 @@ chains and sets changed since, and a ``head`` naming the generation and the file
 part, replaced last. A change writes only what it changed (one endpoint map for a moved
 endpoint), after setting the head aside, so a crash in between leaves no head and the next
 observe lists. Records live under /run (gone at reboot, with the
-namespaces); ``down`` and a deleted namespace remove them.
+namespaces); ``down`` and podnet deleting a namespace remove them (a namespace deleted by
+hand leaves its record until ``down``: no later namespace can match it, cookies are never
+reused).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from podnet.state import NftChain, NftSet, NftTable
@@ -50,25 +53,46 @@ def _set_section(s: NftSet) -> str:
 
 
 def remember(
-    ns: str, table: NftTable, generation: tuple[int, int], parts: tuple[Iterable[str], bool] | None = None
+    ns: str,
+    table: NftTable,
+    generation: tuple[int, int],
+    parts: tuple[Iterable[str], bool] | None = None,
+    since: tuple[int, int] | None = None,
 ) -> bool:
     """Record ``table`` as the kernel's at ``generation``. ``parts``: (sets changed, whether
-    chains changed) since the record invalidated last, which is then completed, not rewritten.
-    False (and no record) when it cannot be written: a record is only ever a shortcut."""
+    chains changed) since the record set aside at generation ``since``, which is then
+    completed rather than rewritten (if the record set aside is not that one, it is
+    rewritten). False (and no record) when it cannot be written: a record is a shortcut."""
     where = _dir(ns, table.family, table.name)
     try:
-        previous = json.loads((where / STALE).read_text()) if parts is not None else None
-    except (OSError, ValueError):
-        previous = None
-    try:
-        if previous is None or parts is None:
-            _write_base(where, table, generation)
-        else:
-            _write_parts(where, table, generation, previous, parts)
-    except (OSError, KeyError, TypeError, AttributeError):
+        with _locked(exclusive=True):
+            previous = _head(where / STALE)
+            if parts is None or previous is None or (previous.get("cookie"), previous.get("generation")) != since:
+                _write_base(where, table, generation)
+            else:
+                _write_parts(where, table, generation, previous, parts)
+    except (OSError, KeyError, TypeError, AttributeError, ValueError):
         forget(ns, table.family, table.name)
         return False
     return True
+
+
+@contextlib.contextmanager
+def _locked(exclusive: bool) -> Iterator[None]:
+    """Writers of records exclude each other and readers: ``podnet trace`` and ``up --dry-run``
+    observe (and record) without the cluster's lock, while an ``up`` writes."""
+    CACHE_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with open(CACHE_DIR / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+
+
+def _head(path: Path) -> dict | None:
+    try:
+        head = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return head if isinstance(head, dict) else None
 
 
 def _write_base(where: Path, table: NftTable, generation: tuple[int, int]) -> None:
@@ -114,12 +138,13 @@ def recall(ns: str, family: str, name: str, generation: tuple[int, int] | None) 
         return None
     where = _dir(ns, family, name)
     try:
-        head = json.loads((where / HEAD).read_text())
-        if (head.get("cookie"), head.get("generation")) != generation:
-            return None
-        files: dict[str, list[str]] = {}  # file -> its sections
-        for file in {head["chains"], *head["sets"].values()}:
-            files[file] = (where / file).read_text().split("\n\0")
+        with _locked(exclusive=False):
+            head = _head(where / HEAD)
+            if head is None or (head.get("cookie"), head.get("generation")) != generation:
+                return None
+            files: dict[str, list[str]] = {}  # file -> its sections
+            for file in {head["chains"], *head["sets"].values()}:
+                files[file] = (where / file).read_text().split("\n\0")
         table = NftTable(family, name)
         sets: dict[str, NftSet] = {}
         for file, sections in files.items():
@@ -150,12 +175,18 @@ def _parse_chains(text: str) -> dict[str, NftChain]:
 
 def invalidate(ns: str, family: str, name: str) -> None:
     """The record stops standing for the kernel; its files stay, to be completed."""
-    with contextlib.suppress(FileNotFoundError):
-        os.replace(_dir(ns, family, name) / HEAD, _dir(ns, family, name) / STALE)
+    where = _dir(ns, family, name)
+    try:
+        with _locked(exclusive=True):
+            os.replace(where / HEAD, where / STALE)
+    except OSError:
+        if (where / HEAD).exists():
+            shutil.rmtree(where, ignore_errors=True)  # it must not stand: no record at all
 
 
 def forget(ns: str, family: str, name: str) -> None:
-    shutil.rmtree(_dir(ns, family, name), ignore_errors=True)
+    with contextlib.suppress(OSError), _locked(exclusive=True):
+        shutil.rmtree(_dir(ns, family, name), ignore_errors=True)
 
 
 def forget_namespace(ns: str) -> None:
@@ -163,8 +194,9 @@ def forget_namespace(ns: str) -> None:
 
 
 def forget_prefixed(prefix: str) -> None:
-    for path in _entries(prefix):
-        shutil.rmtree(path, ignore_errors=True)
+    with contextlib.suppress(OSError), _locked(exclusive=True):
+        for path in _entries(prefix):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def list_prefixed(prefix: str) -> list[str]:

@@ -375,7 +375,7 @@ def generation(ns: str) -> tuple[int, int] | None:
                 return cookie, struct.unpack_from(">I", buf, offset + 4)[0]
             offset += (size + 3) & ~3
         return None
-    except OSError:
+    except (OSError, struct.error):
         return None
     finally:
         sock.close()
