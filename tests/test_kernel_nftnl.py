@@ -236,11 +236,11 @@ def test_a_failed_write_leaves_no_record(scratch: list[str], monkeypatch: pytest
     nft.load(ns, table, None)
     have = nft.observe(ns)
 
-    def refused(self: nftnl.Batch, where: str) -> None:
+    def refused(self: nftnl.Netfilter, batch: nftnl.Batch) -> None:
         raise KernelError("refused")
 
     with monkeypatch.context() as m:
-        m.setattr(nftnl.Batch, "send", refused)
+        m.setattr(nftnl.Netfilter, "send", refused)
         with pytest.raises(KernelError):
             nft.load(ns, changed, have)
     listed: list[object] = []

@@ -85,14 +85,27 @@ def _plan_sync(want: NftTable, have: NftTable | None, netlink: bool) -> Sync:
     for name, s in want.sets.items():
         if name not in have.sets:
             before.append(f"add {s.kind} {t} {name} {{ {s.decl}; }}")
-    recreated = {n for n, c in want.chains.items() if (old := have.chains.get(n)) is not None and old.hook != c.hook}
-    before += [f"delete chain {t} {name}" for name in recreated]
+    # One pass over the chains: new ones, ones whose hook changed (deleted and added again),
+    # and ones whose rules changed (flushed and refilled).
+    fresh: list[str] = []
+    recreated: list[str] = []
+    refill: list[str] = []
     for name, chain in want.chains.items():
-        if name not in have.chains or name in recreated:
-            if batch is not None and _via_netlink(chain):
-                batch.add_chain(name)
-            else:
-                before.append(f"add chain {t} {name}" + (f" {_hook(chain)}" if chain.hook else ""))
+        old = have.chains.get(name)
+        if old is None:
+            fresh.append(name)
+        elif old.hook != chain.hook:
+            recreated.append(name)
+            fresh.append(name)
+        elif old.ids != chain.ids:
+            refill.append(name)
+    before += [f"delete chain {t} {name}" for name in recreated]
+    for name in fresh:
+        chain = want.chains[name]
+        if batch is not None and _via_netlink(chain):
+            batch.add_chain(name)
+        else:
+            before.append(f"add chain {t} {name}" + (f" {_hook(chain)}" if chain.hook else ""))
 
     codecs = {
         name: codec
@@ -111,20 +124,15 @@ def _plan_sync(want: NftTable, have: NftTable | None, netlink: bool) -> Sync:
             batch.elements("delete", name, codecs[name], stale)
         else:
             before += _element_lines("delete", t, name, stale)
-    chains_changed = bool(recreated)
-    for name, chain in want.chains.items():
-        old = have.chains.get(name)
-        fresh = old is None or name in recreated
-        if not fresh and old.ids == chain.ids:
-            continue
-        chains_changed = True
+    for name, refilled in [*((n, False) for n in fresh), *((n, True) for n in refill)]:
+        chain = want.chains[name]
         if batch is not None and _via_netlink(chain):
-            if not fresh:
+            if refilled:
                 batch.flush_chain(name)
             for rule in chain.rules:
                 batch.add_rule(name, rule.code, rule.note)
         else:
-            if not fresh:
+            if refilled:
                 before.append(f"flush chain {t} {name}")
             before += [f"add rule {t} {name} {rule.render()}" for rule in chain.rules]
     for name, (_, added) in changed.items():
@@ -133,7 +141,9 @@ def _plan_sync(want: NftTable, have: NftTable | None, netlink: bool) -> Sync:
         else:
             before += _element_lines("add", t, name, added)
 
-    removed = [name for name in have.chains if name not in want.chains]
+    # Chains of ``have`` not wanted: only looked for when the counts say there are some.
+    kept = len(want.chains) - len(fresh) + len(recreated)
+    removed = [name for name in have.chains if name not in want.chains] if kept != len(have.chains) else []
     removed_sets = [(name, s.kind) for name, s in have.sets.items() if name not in want.sets]
     # Rules go first, then sets and maps (a verdict map's elements hold the chains they jump
     # to), then the chains.
@@ -151,7 +161,8 @@ def _plan_sync(want: NftTable, have: NftTable | None, netlink: bool) -> Sync:
     if table_exists and before == [f"add table {t}"]:
         before = []
     sets_changed = frozenset([*changed, *(n for n in want.sets if n not in have.sets), *(n for n, _ in removed_sets)])
-    return Sync(before, batch if batch else None, after, sets_changed, chains_changed or bool(removed))
+    chains_changed = bool(fresh or refill or removed)
+    return Sync(before, batch if batch else None, after, sets_changed, chains_changed)
 
 
 def script(want: NftTable, have: NftTable | None) -> str:
@@ -188,16 +199,17 @@ def load(ns: str, want: NftTable, have: NftTable | None) -> None:
         if known is not None:
             _known[key] = known
         return
-    start = nftnl.generation(ns)
-    nftcache.invalidate(ns, want.family, want.name)  # until the write is known to be complete
-    if sync.before or sync.after:
-        _run_script(ns, want, [*sync.before, *sync.after])
-    if sync.batch is not None:
-        try:
-            sync.batch.send(ns)
-        except KernelError as exc:
-            raise KernelError(f"{ns}: table {want.family} {want.name}: {exc}") from exc
-    end = nftnl.generation(ns)
+    with nftnl.Netfilter(ns) as nf:
+        start = nf.generation()
+        nftcache.invalidate(ns, want.family, want.name)  # until the write is known to be complete
+        if sync.before or sync.after:
+            _run_script(ns, want, [*sync.before, *sync.after])
+        if sync.batch is not None:
+            try:
+                nf.send(sync.batch)
+            except KernelError as exc:
+                raise KernelError(f"{ns}: table {want.family} {want.name}: {exc}") from exc
+        end = nf.generation()
     if known is None or known[1] is not have or start != known[0] or end != _advance(known[0], commits):
         return
     if have is not None and any(
