@@ -247,3 +247,17 @@ def test_a_failed_write_leaves_no_record(scratch: list[str], monkeypatch: pytest
     real = nft._nft
     monkeypatch.setattr(nft, "_nft", lambda *a, **k: listed.append(a) or real(*a, **k))
     assert nft.observe(ns) == table and listed  # read back from the kernel, which kept the old table
+
+
+def test_a_table_written_into_a_new_namespace_is_recorded_without_observing_first(
+    scratch: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing was ever committed in a new namespace (its generation is still the first): the
+    write starts from no table for certain, so the first up already leaves a record."""
+    ns = scratch[1]
+    generation = nftnl.generation(ns)
+    assert generation is not None and generation[1] == nft.FRESH_GENERATION
+    table = services_tables()["podnet_svc_node-1"]
+    nft.load(ns, table, None)
+    monkeypatch.setattr(nft, "_nft", lambda *a, **k: pytest.fail("nft ran: the table was listed"))
+    assert nft.observe(ns) == table

@@ -178,6 +178,8 @@ def _element_lines(verb: str, table: str, name: str, elements: Iterable[str]) ->
     ]
 
 
+FRESH_GENERATION = 1  # nf_tables' generation in a namespace nothing was ever committed in
+
 # What this process last knew of a table exactly, by (namespace, family, name): the table
 # (None: there was none) and the generation it was read back (observe, read) or written at.
 _known: dict[tuple[str, str, str], tuple[tuple[int, int], NftTable | None]] = {}
@@ -201,6 +203,8 @@ def load(ns: str, want: NftTable, have: NftTable | None) -> None:
         return
     with nftnl.Netfilter(ns) as nf:
         start = nf.generation()
+        if known is None and have is None and start is not None and start[1] == FRESH_GENERATION:
+            known = (start, None)  # nothing was ever committed here: there is no table
         nftcache.invalidate(ns, want.family, want.name)  # until the write is known to be complete
         if sync.before or sync.after:
             _run_script(ns, want, [*sync.before, *sync.after])
