@@ -59,6 +59,28 @@ def test_verify_udp_and_icmp(quick: Cluster) -> None:
     assert verified(quick, "client", "shop/web-1", proto="icmp").verdict == "delivered"
 
 
+def test_a_probe_that_never_left_is_sent_again(quick: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A probe that fails in its own namespace (nothing leaves the source) says nothing about
+    the path: verify sends it once more, and says so."""
+    from podnet.trace import verify
+
+    real = verify._probe
+    calls: list[str] = []
+
+    def first_fails(result, src_netns, done, outcome) -> None:
+        calls.append(src_netns)
+        if len(calls) == 1:
+            outcome["result"] = "probe failed: simulated"
+            done.set()
+            return
+        real(result, src_netns, done, outcome)
+
+    monkeypatch.setattr(verify, "_probe", first_fails)
+    r = verified(quick, "shop/web-1", "shop/web-2")
+    assert len(calls) == 2
+    assert any("never left" in n and "simulated" in n for n in r.notes), r.notes
+
+
 def test_verify_pod_to_itself_and_loopback(quick: Cluster) -> None:
     for dst in ("shop/web-1", "127.0.0.1"):
         r = verified(quick, "shop/web-1", dst)

@@ -232,7 +232,14 @@ def verify(result: TraceResult, tracer, cold: bool = False) -> TraceResult:
     if cold:
         _flush_neighbours(namespaces)
     points = sorted({pt for v in variants for pt in _watch_points(v, tracer)})
-    seen, outcome = _capture(points, result.hops[0].netns, result)
+    source = result.hops[0].netns
+    seen, outcome = _capture(points, source, result)
+    if not any(s.netns == source for s in seen):
+        # Not even the source saw its probe leave: a local failure of the probe, not a verdict
+        # on the path (its outcome says what happened). It is sent once more.
+        first = outcome.get("result", "not sent")
+        seen, outcome = _capture(points, source, result)
+        result.notes.append(f"the first probe never left {result.source} ({first}); it was sent again")
     best = None
     for v in variants:
         score = _mark(v, tracer, seen, cold)
