@@ -3,7 +3,7 @@
 ``podnet.kernel`` names namespaces by their pin under ``/run/netns``; a container runtime
 hands the agent a *path* instead (``/run/netns/netns-...``, ``/var/run/netns/cni-...``,
 ``/proc/PID/ns/net``), and the agent's own namespace has no name at all. So this module
-enters namespaces by path, and only the calling thread, always returning to where it was.
+enters namespaces by path (through ``netns.entered_fd``), and only the calling thread.
 
 An ADD is a handful of messages, and pyroute2 costs more than the kernel work (parsing one
 link dump takes 2 ms, encoding an address and a route message a third of a millisecond), so
@@ -16,7 +16,6 @@ namespace it configures and closes it right after.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import socket
@@ -25,7 +24,8 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-CLONE_NEWNET = 0x40000000
+from podnet.kernel import netns
+
 NETLINK_ROUTE = 0
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
@@ -53,7 +53,6 @@ VETH_INFO_PEER = 1
 NLA_F_NESTED = 0x8000
 RTEXT_FILTER_SKIP_STATS = 1 << 3
 
-_libc = ctypes.CDLL(None, use_errno=True)
 IFA_ADDRESS = 1
 IFA_LOCAL = 2
 RTA_GATEWAY = 5
@@ -68,28 +67,15 @@ _IFADDR = struct.Struct("=BBBBI")
 _RTMSG = struct.Struct("=BBBBBBBBI")
 
 
-def _setns(fd: int, what: str) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"setns({what}): {os.strerror(err)}")
-
-
 @contextmanager
 def entered(path: str) -> Iterator[None]:
-    """Run the body with this thread in the namespace at ``path``, then return to where it was."""
-    origin = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    """Run the body with this thread in the namespace at ``path``, then back in the agent's own."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            _setns(fd, path)
-        finally:
-            os.close(fd)
-        try:
+        with netns.entered_fd(fd, path):
             yield
-        finally:
-            _setns(origin, "back")
     finally:
-        os.close(origin)
+        os.close(fd)
 
 
 def is_namespace(path: str) -> bool:

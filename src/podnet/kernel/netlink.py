@@ -28,7 +28,7 @@ class Session:
         self._complete = fresh
 
     def refresh(self) -> None:
-        self.index = {m.get_attr("IFLA_IFNAME"): m["index"] for m in self.ipr.get_links()}
+        self.index = {name: index for index, name in rtdump.link_names(self.rt).items()}
         self._complete = True
 
     def ifindex(self, ifname: str) -> int:

@@ -114,16 +114,24 @@ def list_prefixed(prefix: str) -> list[str]:
 @contextmanager
 def entered(name: str) -> Iterator[int]:
     """Run the body with this thread inside namespace ``name``; yields an fd of it."""
-    origin = _origin()
     fd = os.open(path(name), os.O_RDONLY | os.O_CLOEXEC)
     try:
-        _check(_libc.setns(fd, CLONE_NEWNET), f"setns({name})")
-        try:
+        with entered_fd(fd, name):
             yield fd
-        finally:
-            _check(_libc.setns(origin, CLONE_NEWNET), "setns(origin)")
     finally:
         os.close(fd)
+
+
+@contextmanager
+def entered_fd(fd: int, what: str = "namespace") -> Iterator[None]:
+    """Run the body with this thread inside the namespace ``fd`` refers to (a pin, or the
+    CNI agent's own namespace, which has no name), then back in this process's own."""
+    origin = _origin()
+    _check(_libc.setns(fd, CLONE_NEWNET), f"setns({what})")
+    try:
+        yield
+    finally:
+        _check(_libc.setns(origin, CLONE_NEWNET), "setns(origin)")
 
 
 def read_sysctl(key: str) -> str | None:

@@ -17,7 +17,7 @@ from podnet.state import Address, Fdb, Link, Neighbour, NetnsState, NextHop, Rou
 
 IFF_UP = 0x1
 NUD_PERMANENT = 0x80
-IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER = 1, 3, 4, 5, 10
+IFLA_ADDRESS, IFLA_MTU, IFLA_LINK, IFLA_MASTER = 1, 4, 5, 10
 IFLA_LINKINFO, IFLA_IFALIAS, IFLA_LINK_NETNSID = 18, 20, 37
 IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_SLAVE_KIND, IFLA_INFO_SLAVE_DATA = 1, 2, 4, 5
 IFLA_BRPORT_MODE = 4  # hairpin
@@ -73,7 +73,7 @@ def observe_one(s: Session, sysctl_keys: set[str]) -> tuple[NetnsState, dict[str
     ends for resolving peers across namespaces."""
     ns = NetnsState(s.name)
     raw_links = list(rtdump.dump(s.rt, rtdump.RTM_GETLINK, rtdump.IFINFO, socket.AF_UNSPEC))
-    by_index: dict[int, str] = {m.header[2]: rtdump.text(m.attrs.get(IFLA_IFNAME)) or "" for m in raw_links}
+    by_index: dict[int, str] = {m.header[2]: rtdump.text(m.attrs.get(rtdump.IFLA_IFNAME)) or "" for m in raw_links}
     s.index = {v: k for k, v in by_index.items()}
     ends: dict[str, _VethEnd] = {}
     for m in raw_links:

@@ -8,18 +8,19 @@ podnet compares are decoded: the same kernel answers, a fraction of the work.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import socket
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from podnet.kernel import netns
+
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 RTM_GETLINK, RTM_GETADDR, RTM_GETROUTE, RTM_GETNEIGH = 18, 22, 26, 30
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 NLA_TYPE_MASK = 0x3FFF
-CLONE_NEWNET = 0x40000000
+IFLA_IFNAME = 3
 AF_BRIDGE = 7
 
 _HEADER = struct.Struct("=IHHII")
@@ -28,8 +29,6 @@ IFADDR = struct.Struct("=BBBBi")  # family, prefixlen, flags, scope, index
 RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, protocol, scope, type, flags
 NDMSG = struct.Struct("=BxxxiHBB")  # family, ifindex, state, flags, type
 RTNEXTHOP = struct.Struct("=HBBi")  # len, flags, hops, ifindex
-
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 @dataclass(frozen=True)
@@ -55,22 +54,18 @@ def attributes(data: bytes | memoryview, offset: int = 0, end: int | None = None
 
 def socket_in(ns_fd: int) -> socket.socket:
     """A raw rtnetlink socket in the namespace of ``ns_fd`` (the calling thread comes back)."""
-    origin = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        if _libc.setns(ns_fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns: {os.strerror(err)}")
-        try:
-            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE)
-        finally:
-            if _libc.setns(origin, CLONE_NEWNET) != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, f"setns back: {os.strerror(err)}")
-    finally:
-        os.close(origin)
+    with netns.entered_fd(ns_fd):
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
     sock.bind((0, 0))
     return sock
+
+
+def link_names(sock: socket.socket) -> dict[int, str]:
+    """Every link's name by its index."""
+    return {
+        m.header[2]: text(m.attrs.get(IFLA_IFNAME)) or "" for m in dump(sock, RTM_GETLINK, IFINFO, socket.AF_UNSPEC)
+    }
 
 
 def dump(sock: socket.socket, kind: int, header: struct.Struct, family: int) -> Iterator[Message]:
