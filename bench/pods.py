@@ -639,18 +639,12 @@ def _reach(res: dict) -> str:
 
 def render(out: dict, console: Console) -> None:
     from rich.markup import escape
-    from rich.table import Table
+
+    from bench.report import measure_table
 
     podnet, ip, cni, direct = (out.get(k, {}) for k in ("podnet", "ip_script", "cni", "cni_direct"))
     ratios = out.get("ratios", {})
-    table = Table(
-        title=f"pods benchmark: {out.get('pods')} pods on {out.get('nodes')} nodes (host-gw)",
-        header_style="bold",
-        title_justify="left",
-    )
-    table.add_column("measure")
-    table.add_column("value", justify="right")
-    table.add_column("notes")
+    table = measure_table(f"pods benchmark: {out.get('pods')} pods on {out.get('nodes')} nodes (host-gw)")
     row = table.add_row
 
     if podnet:

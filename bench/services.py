@@ -804,18 +804,14 @@ def _us(value: float | None) -> str:
 
 def render(out: dict, console: Console) -> None:
     from rich.markup import escape
-    from rich.table import Table
+
+    from bench.report import measure_table
 
     nft, ipt, con, ratios = (out.get(k, {}) for k in ("nft", "iptables", "connect", "ratios"))
-    table = Table(
-        title=f"services benchmark: {out.get('services', SERVICES):,} ClusterIP services x {out.get('endpoints')} "
-        f"endpoints (TCP), podnet's nftables table vs kube-proxy's iptables mode",
-        header_style="bold",
-        title_justify="left",
+    table = measure_table(
+        f"services benchmark: {out.get('services', SERVICES):,} ClusterIP services x {out.get('endpoints')} "
+        f"endpoints (TCP), podnet's nftables table vs kube-proxy's iptables mode"
     )
-    table.add_column("measure")
-    table.add_column("value", justify="right")
-    table.add_column("notes")
     row = table.add_row
     n = f"{out.get('services', SERVICES):,}"
 

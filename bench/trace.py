@@ -369,13 +369,10 @@ def _stages(stages: dict[str, float]) -> str:
 
 
 def render(out: dict, console: Console) -> None:
-    from rich.table import Table
+    from bench.report import measure_table
 
     planned, verify, rate = (out.get(k, {}) for k in ("planned", "verify", "rate"))
-    table = Table(title="trace benchmark", header_style="bold", title_justify="left")
-    table.add_column("measure")
-    table.add_column("value", justify="right")
-    table.add_column("notes")
+    table = measure_table("trace benchmark")
     row = table.add_row
     if planned:
         row(
