@@ -83,7 +83,7 @@ def podman(root_untouched: None) -> Iterator[Podman]:
         pytest.fail("kernel tests need root (network namespaces); run `make test` as root")
     missing = [t for t in ("podman", "runc", "conmon") if shutil.which(t) is None]
     if missing or not Path("/bin/busybox").exists():
-        pytest.fail(f"the podman test needs {', '.join(missing) or 'busybox-static'}: make deps installs them")
+        pytest.fail(f"the podman test needs {', '.join(missing) or 'busybox-static'}: make deps-test installs them")
     # podman's caches are machine-wide: two runs of this test at once (two checkouts, two
     # sessions) would remove them under each other. One at a time.
     lock = _exclusive(LOCK)
@@ -158,6 +158,7 @@ def podman(root_untouched: None) -> Iterator[Podman]:
 def _exclusive(path: str) -> TextIO:
     """An flock on ``path`` that its holder may unlink: retried until the file locked is the
     file at the path (not one a previous holder unlinked)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)  # /run/lock is not on every host
     while True:
         f = open(path, "a")  # noqa: SIM115 - held until the end of the fixture
         fcntl.flock(f, fcntl.LOCK_EX)
