@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from podnet.state import Address, Fdb, Link, Neighbour, NetnsState, NftTable, Process, Route, State
+from podnet.state import Address, Fdb, Link, Neighbour, NetnsState, NftTable, Process, Route, State, TcProgram
 
 # (phase, op): the phase orders the whole change list.
 PHASES = {
@@ -35,6 +35,8 @@ PHASES = {
     "set_resolv_conf": 11,
     "del_resolv_conf": 11,
     "del_nft": 11,
+    "set_tc": 11,  # after the device exists
+    "del_tc": 11,
     "start_process": 12,
     "reload_process": 12,
 }
@@ -61,6 +63,7 @@ class Change:
             Fdb: lambda o: f"fdb {o.mac} -> {o.dst} on {o.ifname}",
             Process: lambda o: f"process {o.name}",
             NftTable: lambda o: f"nftables table {o.family} {o.name}",
+            TcProgram: lambda o: f"tc program {o.id} on {o.ifname} egress",
             tuple: lambda o: f"{o[0]}={o[1]}",
         }
         obj = self.obj
@@ -194,6 +197,13 @@ def _diff_namespace(
             out.append(Change("set_resolv_conf", want.name, want.resolv_conf))
         else:
             out.append(Change("del_resolv_conf", want.name))
+
+    for ifname, program in want.tc.items():
+        if have.tc.get(ifname) != program or ifname in gone_links:
+            out.append(Change("set_tc", want.name, program))
+    for ifname, program in have.tc.items():
+        if ifname not in want.tc and ifname not in gone_links:
+            out.append(Change("del_tc", want.name, program))
 
     if want.nft != have.nft:
         if want.nft is not None:

@@ -193,6 +193,17 @@ class NftTable:
         }
 
 
+@dataclass(frozen=True)
+class TcProgram:
+    """An eBPF program podnet runs on a device's egress (``plan.flowhash``). ``id`` (its name
+    and a digest of its code) is what the kernel keeps as the filter's name, and what is
+    compared; ``code`` travels with the plan only, to be loaded."""
+
+    ifname: str
+    id: str
+    code: bytes = field(default=b"", compare=False, repr=False)
+
+
 @dataclass
 class NetnsState:
     name: str
@@ -203,6 +214,7 @@ class NetnsState:
     fdb: set[Fdb] = field(default_factory=set)
     sysctls: dict[str, str] = field(default_factory=dict)
     nft: NftTable | None = None
+    tc: dict[str, TcProgram] = field(default_factory=dict)  # egress programs, by device
     # /etc/netns/<name>/resolv.conf: what `ip netns exec` (and so `podnet exec`) shows as /etc/resolv.conf
     resolv_conf: str | None = None
 
@@ -222,6 +234,7 @@ class NetnsState:
             "fdb": [asdict(f) for f in sorted(self.fdb, key=lambda f: (f.ifname, f.mac, f.dst))],
             "sysctls": dict(sorted(self.sysctls.items())),
             "nft": self.nft.to_json() if self.nft else None,
+            "tc": {name: p.id for name, p in sorted(self.tc.items())},
             "resolv_conf": self.resolv_conf,
         }
 

@@ -35,7 +35,7 @@ from pyroute2.netlink.rtnl.ndmsg import ndmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from podnet.errors import KernelError
-from podnet.kernel import conntrack, netns, nft, nftcache
+from podnet.kernel import conntrack, netns, nft, nftcache, tcbpf
 from podnet.kernel.netlink import Sessions
 from podnet.kernel.observe import PROTO_NUMBER
 from podnet.reconcile import Change
@@ -129,6 +129,12 @@ def _apply_one(change: Change, sessions: Sessions, created: set[str], on_process
         conntrack.forget_removed_udp_endpoints(change.netns, change.obj, change.peer)
     elif op == "del_nft":
         nft.delete(change.netns, change.obj)
+    elif op == "set_tc":
+        s = sessions.get(change.netns)
+        tcbpf.attach_egress(s.ipr, s.ifindex(change.obj.ifname), change.obj.id, change.obj.code)
+    elif op == "del_tc":
+        s = sessions.get(change.netns)
+        _ignore_gone(lambda: tcbpf.detach_egress(s.ipr, s.ifindex(change.obj.ifname)))
     elif op == "set_sysctl":
         key, value = change.obj
         with netns.entered(change.netns):

@@ -11,9 +11,9 @@ import socket
 import struct
 from dataclasses import dataclass, replace
 
-from podnet.kernel import netns, nft, rtdump
+from podnet.kernel import netns, nft, rtdump, tcbpf
 from podnet.kernel.netlink import Session, Sessions
-from podnet.state import Address, Fdb, Link, Neighbour, NetnsState, NextHop, Route, State
+from podnet.state import Address, Fdb, Link, Neighbour, NetnsState, NextHop, Route, State, TcProgram
 
 IFF_UP = 0x1
 NUD_PERMANENT = 0x80
@@ -106,6 +106,12 @@ def observe_one(s: Session, sysctl_keys: set[str]) -> tuple[NetnsState, dict[str
             dst = m.attrs.get(NDA_DST)
             if ifname is not None and dst and ns.links[ifname].kind == "vxlan":
                 ns.fdb.add(Fdb(ifname, rtdump.mac(m.attrs.get(NDA_LLADDR)) or "", rtdump.ipv4(dst) or ""))
+
+    for name, link in ns.links.items():
+        if link.kind == "vxlan":  # the only devices podnet runs a tc program on (plan.flowhash)
+            program = tcbpf.egress_program(s.ipr, s.index[name])
+            if program is not None:
+                ns.tc[name] = TcProgram(name, program)
 
     if sysctl_keys:
         with netns.entered(s.name):

@@ -4,7 +4,9 @@
   on one L2 subnet (the validator refuses anything else).
 - ``vxlan``: flannel's shape: one VXLAN device per node, no multicast, no learning. For each
   other node: a route to its block via its VTEP address (onlink), a permanent neighbour
-  entry for that address, and an FDB entry sending that MAC to its underlay address.
+  entry for that address, and an FDB entry sending that MAC to its underlay address. And on
+  the device's egress, podnet's flow-hash program (``plan.flowhash``): without it the device
+  sends every flow to one remote node down whichever equal-cost path it cached first.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import ipaddress
 from collections.abc import Callable
 
 from podnet import names
+from podnet.plan import flowhash
 from podnet.plan.topology import NodeInfo, Topology
-from podnet.state import Address, Fdb, Link, Neighbour, NextHop, Route, State
+from podnet.state import Address, Fdb, Link, Neighbour, NextHop, Route, State, TcProgram
 
 VXLAN_IF = "vxlan0"
 VXLAN_OVERHEAD = 50  # outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14
@@ -53,6 +56,7 @@ def vxlan(state: State, topo: Topology, vni: int, port: int) -> None:
             )
         )
         ns.addresses.add(Address(VXLAN_IF, f"{vtep_ip(node)}/32"))
+        ns.tc[VXLAN_IF] = TcProgram(VXLAN_IF, flowhash.program_id(), flowhash.program())
         for other in topo.nodes.values():
             if other.name == node.name:
                 continue

@@ -8,9 +8,28 @@ every non-edge member's default route: the edge router holds the gateway of last
 
 from __future__ import annotations
 
+import zlib
 from collections import deque
 
 from podnet.plan.topology import Interface
+
+# How the kernel picks among equal next hops (docs/routing.md, ECMP): a hash of the packet's
+# 5-tuple (policy 3, the fields below), whatever the packet carries besides. Policy 1 would use a
+# forwarded packet's own hash when it has one, and a connection's packets carry their socket's
+# random one: the path would be a draw per connection that no trace could name.
+MULTIPATH_POLICY = "3"
+MULTIPATH_FIELDS = str(0x01 | 0x02 | 0x04 | 0x10 | 0x20)  # source, destination, protocol, ports
+SEED = "net.ipv4.fib_multipath_hash_seed"
+
+
+def multipath_sysctls(netns: str) -> dict[str, str]:
+    """The multipath hash of a node or router: the 5-tuple, keyed by a seed of its own (0 would
+    be a random key per boot; one seed everywhere would make every hop's choice the same)."""
+    return {
+        "net.ipv4.fib_multipath_hash_policy": MULTIPATH_POLICY,
+        "net.ipv4.fib_multipath_hash_fields": MULTIPATH_FIELDS,
+        SEED: str(zlib.crc32(netns.encode()) or 1),
+    }
 
 
 class RoutingGraph:

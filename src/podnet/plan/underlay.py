@@ -8,13 +8,12 @@ routes ``routing`` computes; ECMP hashing uses L4 ports so different flows sprea
 from __future__ import annotations
 
 from podnet import names
-from podnet.plan.routing import RoutingGraph
+from podnet.plan.routing import RoutingGraph, multipath_sysctls
 from podnet.plan.topology import Topology
 from podnet.state import Address, Link, NextHop, Route, State
 
 SWITCH_BRIDGE = "br0"
 UNDERLAY_IF = "eth0"
-L4_HASH = {"net.ipv4.fib_multipath_hash_policy": "1"}
 
 
 SWITCH_BR_NETFILTER = [f"net.bridge.bridge-nf-call-{t}" for t in ("iptables", "ip6tables", "arptables")]
@@ -53,7 +52,7 @@ def build(state: State, topo: Topology, mtu: int, routed_by_bgp: bool = False) -
         ns = state.ns(router.netns)
         ns.add_link(Link("lo", "loopback"))
         ns.sysctls["net.ipv4.ip_forward"] = "1"
-        ns.sysctls.update(L4_HASH)
+        ns.sysctls.update(multipath_sysctls(ns.name))
         for iface in router.interfaces:
             _plug(state, topo, iface.subnet, router.netns, iface.ifname, iface.mac, mtu)
             ns.addresses.add(Address(iface.ifname, f"{iface.ip}/{iface.prefix}"))
@@ -75,7 +74,7 @@ def build(state: State, topo: Topology, mtu: int, routed_by_bgp: bool = False) -
         ns = state.ns(node.netns)
         ns.add_link(Link("lo", "loopback"))
         ns.sysctls["net.ipv4.ip_forward"] = "1"
-        ns.sysctls.update(L4_HASH)
+        ns.sysctls.update(multipath_sysctls(ns.name))
         _plug(state, topo, node.subnet, node.netns, UNDERLAY_IF, names.mac_for_ip(node.underlay_ip), mtu)
         ns.addresses.add(Address(UNDERLAY_IF, f"{node.underlay_ip}/{node.underlay_prefix}"))
         if routed_by_bgp:

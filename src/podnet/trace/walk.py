@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from podnet.plan import policy
+from podnet.plan import flowhash, policy
 from podnet.plan.system import DNS_POD
 from podnet.plan.topology import Topology
 from podnet.state import Link, NetnsState, State
@@ -280,7 +280,7 @@ class Tracer:
             original_dst = pkt.dst_ip
 
         # 3. Route lookup.
-        decision = fib.lookup(ns, pkt.dst_ip, pkt.five_tuple())
+        decision = fib.lookup(ns, pkt.dst_ip, pkt.five_tuple(), forwarded=not local)
         hop.route = decision.to_json()
         if decision.kind == "none":
             result.verdict, result.reason = "dropped", f"{hop.name}: no route to {pkt.dst_ip}"
@@ -362,7 +362,7 @@ class Tracer:
                 return None
             hop.neighbour = {"ip": gateway, "mac": neigh.mac, "source": "permanent entry", "dev": out_link.name}
             frame.pkt = frame.pkt.with_(src_mac=out_link.mac, dst_mac=neigh.mac)
-            sport = 32768 + fib.flow_hash(*frame.pkt.five_tuple()) % 28000
+            sport, known = self._outer_source_port(ns, out_link, frame.pkt, hop)
             frame.outer = Packet(out_link.local or "", fdb.dst, "udp", sport, out_link.dstport or 4789)
             frame.vni = out_link.vni
             hop.encap = {
@@ -375,6 +375,8 @@ class Tracer:
             }
             # The outer datagram is sent by this namespace: route it like local traffic.
             outer_decision = fib.lookup(ns, fdb.dst, frame.outer.five_tuple())
+            if outer_decision.predicted and not known:
+                outer_decision = replace(outer_decision, predicted=False)
             if outer_decision.kind != "unicast":
                 result.verdict, result.reason = "dropped", f"{hop.name}: no underlay route to VTEP {fdb.dst}"
                 return None
@@ -449,7 +451,7 @@ class Tracer:
             if reply_of is not None:
                 frame.pkt = self._reverse(ns.name, frame.pkt, reply_of, hop)
             # The inner packet arrives on the VXLAN device: route it on from here, in the same hop.
-            inner = fib.lookup(ns, frame.pkt.dst_ip, frame.pkt.five_tuple())
+            inner = fib.lookup(ns, frame.pkt.dst_ip, frame.pkt.five_tuple(), forwarded=True)
             hop.route = {**inner.to_json(), "underlay": decision.to_json()}
             if inner.kind == "none":
                 result.verdict, result.reason = "dropped", f"{hop.name}: no route to {frame.pkt.dst_ip}"
@@ -495,6 +497,20 @@ class Tracer:
                 f"nothing listens on {pkt.dst_ip}:{pkt.dport}/{pkt.proto} ({how})",
             )
         return None
+
+    def _outer_source_port(self, ns: NetnsState, vxlan: Link, pkt: Packet, hop: Hop) -> tuple[int, bool]:
+        """The VXLAN datagram's source port, from the inner packet's flow hash, and whether it
+        is known: podnet's program sets that hash (``plan.flowhash``); without it, a
+        connection's packets carry their socket's random one."""
+        program = ns.tc.get(vxlan.name)
+        if program is not None and program.id == flowhash.program_id():
+            inner = flowhash.inner_hash(pkt.src_ip, pkt.dst_ip, pkt.proto, pkt.sport, pkt.dport)
+            return flowhash.outer_source_port(inner, flowhash.port_range(ns.sysctls)), True
+        hop.notes.append(
+            f"outer UDP source port: from the inner packet's flow hash, not podnet's on {vxlan.name} "
+            "(for a connection, its socket's random one): not known"
+        )
+        return 32768 + fib.flow_hash(*pkt.five_tuple()) % 28000, False
 
     def _kind_of(self, netns: str) -> tuple[str, str]:
         kind = self._kinds.get(netns)
