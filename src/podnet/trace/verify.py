@@ -5,7 +5,9 @@ by (the last hop: arrive on), all before the probe is sent; then the probe (a TC
 UDP datagram, an ICMP echo) goes out from the source's namespace with the source port the
 trace predicted, and every captured frame is decoded (Ethernet, IPv4, TCP/UDP, VXLAN and the
 frame inside it) and matched against the hop's predicted headers. Where the route had several
-equal next hops, every member is watched and the one the kernel's hash picked is reported.
+equal next hops, every member is watched and the one the kernel's hash picked is reported; when
+the trace predicted the member (``trace.fib`` computes the kernel's hash), a packet seen on
+another one is a difference, as any other header that differs.
 """
 
 from __future__ import annotations
@@ -170,6 +172,33 @@ def _alternatives(path: list[Hop], i: int, tracer) -> list[tuple[str, str]]:
     return out
 
 
+def _decision_before(path: list[Hop], i: int) -> dict:
+    """The route (the underlay's, for an encapsulated packet) of the hop that chose among equal
+    next hops for hop ``i``: the last hop before it that is not a switch."""
+    j = i - 1
+    while j >= 0 and path[j].kind == "switch":
+        j -= 1
+    route = (path[j].route or {}) if j >= 0 else {}
+    return route.get("underlay") or route
+
+
+def _member_predicted(path: list[Hop], i: int) -> str | None:
+    """The member the trace says the kernel's hash picks for hop ``i`` (None: not known)."""
+    if not _decision_before(path, i).get("ecmp_predicted"):
+        return None
+    nxt = next((h for h in path[i:] if h.kind != "switch"), None)
+    return nxt.name if nxt is not None else None
+
+
+def _member_taken(path: list[Hop], i: int, seen: Seen, tracer) -> str:
+    """The router the packet was seen at (or, on a switch, the router behind the port it left by)."""
+    if path[i].kind == "switch":
+        link = tracer.state.namespaces[seen.netns].links.get(seen.ifname)
+        if link is not None and link.peer_netns:
+            return tracer.topo.kind_of(link.peer_netns)[1]
+    return tracer.topo.kind_of(seen.netns)[1]
+
+
 def _matches(hop: Hop, seen: Seen, encapsulated: bool) -> bool:
     p: Packet | None = hop.packet
     if p is None or seen.arp:
@@ -323,10 +352,15 @@ def _mark(result: TraceResult, tracer, seen: list[Seen], cold: bool) -> tuple[bo
                     if s.netns == ns and s.ifname == ifn and _matches(hop, s, encapsulated)
                 ]
                 if alts:
-                    hop.observed = True
                     diverged = True
+                    member, predicted = _member_taken(path, i, alts[0], tracer), _member_predicted(path, i)
+                    if predicted is not None and predicted != member:
+                        # The trace named the member the kernel's hash picks: another one is a difference.
+                        hop.observed = False
+                        hop.captured.append(f"via ECMP member {member}, predicted {predicted}: {alts[0].describe()}")
+                        continue
+                    hop.observed = True
                     count += 1
-                    member = tracer.topo.kind_of(alts[0].netns)[1]
                     hop.captured.append(f"via ECMP member {member}: {alts[0].describe()}")
                     continue
             hop.observed = bool(match)
