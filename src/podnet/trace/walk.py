@@ -153,15 +153,25 @@ class Tracer:
     # --- the walk --------------------------------------------------------------------------
 
     def trace(
-        self, source: str, destination: str, proto: str = "tcp", port: int | None = None, choice: int | None = None
+        self,
+        source: str,
+        destination: str,
+        proto: str = "tcp",
+        port: int | None = None,
+        choice: int | None = None,
+        sport: int | None = None,
     ) -> TraceResult:
-        """``choice``: which endpoint a Service's random pick gives this packet (default: by flow hash)."""
+        """``choice``: which endpoint a Service's random pick gives this packet (default: by flow hash);
+        ``sport``: the source port (default: one derived from the flow)."""
         self.choice = choice
         src_ns, src_ip = self.resolve_source(source)
         dst_ip, dns = self.resolve_destination(destination, src_ns)
         if port is None:
             port = {"tcp": 80, "udp": 53}.get(proto, 0)
-        sport = 0 if proto == "icmp" else 32768 + fib.flow_hash(src_ip, dst_ip, proto, port) % 28000
+        if proto == "icmp":
+            sport = 0
+        elif sport is None:
+            sport = 32768 + fib.flow_hash(src_ip, dst_ip, proto, port) % 28000
         pkt = Packet(src_ip, dst_ip, proto, sport, port if proto != "icmp" else 0)
         result = TraceResult(source, destination, pkt, dns=dns, state=self.mode)
         track = _Conntrack()
