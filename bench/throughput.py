@@ -8,6 +8,10 @@ Four paths, measured in the same run:
 3. ``host_gw``: pod to pod across the two nodes of that cluster (one underlay segment).
 4. ``vxlan``: pod to pod across two racks joined by two spine routers (the form of
    ``examples/racks.yaml``, without the edge), VXLAN overlay.
+5. ``vxlan_unhashed``: the same, in a cluster whose nodes run without podnet's flow-hash
+   program on ``vxlan0`` (detached after ``up``): the VXLAN device's own behaviour, one
+   cached route per remote node. Beside ``vxlan``, what spreading flows per flow costs (the
+   program marks every packet, so each one's route is looked up: no dst cache).
 
 The clusters are brought up with ``podnet.cluster.up`` from files generated in the run's
 temp dir, under the names ``bt<pid>a`` and ``bt<pid>b`` (state in ``PODNET_STATE_DIR``, a
@@ -51,7 +55,7 @@ PID = os.getpid()
 PREFIX = f"pbtp{PID}_"
 RAW_A, RAW_B = f"{PREFIX}a", f"{PREFIX}b"
 RAW_A_IP, RAW_B_IP = "10.199.0.1", "10.199.0.2"
-HOSTGW, VXLAN, VXLAN1 = f"bt{PID}a", f"bt{PID}b", f"bt{PID}c"
+HOSTGW, VXLAN, VXLAN1, UNHASHED = f"bt{PID}a", f"bt{PID}b", f"bt{PID}c", f"bt{PID}d"
 DURATION_S = 2
 ROUNDS = 5
 PORT = 5201
@@ -129,6 +133,25 @@ spec:
   - {{name: node-1, subnet: rack-a}}
   - {{name: node-2, subnet: rack-b}}
 {_pods(("x", "node-1"), ("y", "node-2"))}"""
+
+
+def unhashed_yaml() -> str:
+    return vxlan_yaml().replace(f"name: {VXLAN}}}", f"name: {UNHASHED}}}")
+
+
+def detach_flow_hash(status: dict) -> None:
+    """Take podnet's flow-hash program off every node's vxlan0 (what the VXLAN device does alone)."""
+    from pyroute2 import IPRoute
+
+    from podnet.kernel import netns, tcbpf
+
+    for node in status["nodes"]:
+        with netns.entered(node["netns"]):
+            ipr = IPRoute()
+        try:
+            tcbpf.detach_egress(ipr, ipr.link_lookup(ifname="vxlan0")[0])
+        finally:
+            ipr.close()
 
 
 def _pods(*pods: tuple[str, str]) -> str:
@@ -375,22 +398,26 @@ def run(ctx: Any, out: dict) -> None:
             raise BenchError(f"throughput benchmark: {tool} is missing (make deps installs it)")
     # podnet keeps its state in a temp dir (bench/__main__ sets this for the whole run).
     os.environ.setdefault("PODNET_STATE_DIR", str(ctx.tmp / "state"))
-    out.update(duration_s=DURATION_S, rounds=ROUNDS, prefix=PREFIX, clusters=[HOSTGW, VXLAN, VXLAN1])
+    out.update(duration_s=DURATION_S, rounds=ROUNDS, prefix=PREFIX, clusters=[HOSTGW, VXLAN, VXLAN1, UNHASHED])
     ctx.log.print(f"throughput: namespaces {PREFIX}*, clusters {HOSTGW} (host-gw) and {VXLAN} (vxlan, racks)")
 
     build_raw()
     hg, out["up_hostgw_s"] = bring_up(ctx, HOSTGW, hostgw_yaml())
     vx, out["up_vxlan_s"] = bring_up(ctx, VXLAN, vxlan_yaml())
     v1, out["up_vxlan_segment_s"] = bring_up(ctx, VXLAN1, vxlan_segment_yaml())
+    vu, out["up_vxlan_unhashed_s"] = bring_up(ctx, UNHASHED, unhashed_yaml())
+    detach_flow_hash(vu)
     a, b, c = (_pod(hg, n) for n in "abc")
     va, vc = _pod(v1, "a"), _pod(v1, "c")
     x, y = _pod(vx, "x"), _pod(vx, "y")
+    ux, uy = _pod(vu, "x"), _pod(vu, "y")
     paths = [
         Path("veth", "raw veth pair", RAW_A, RAW_B, RAW_B_IP),
         Path("same_node", "pod to pod, same node", a["netns"], b["netns"], b["ip"]),
         Path("host_gw", "pod to pod, host-gw across nodes", a["netns"], c["netns"], c["ip"]),
         Path("vxlan", "pod to pod, vxlan across racks", x["netns"], y["netns"], y["ip"]),
         Path("vxlan_segment", "pod to pod, vxlan across nodes, one segment", va["netns"], vc["netns"], vc["ip"]),
+        Path("vxlan_unhashed", "pod to pod, vxlan across racks, no flow hash", ux["netns"], uy["netns"], uy["ip"]),
     ]
     out["pod_mtu"] = {"host_gw": hg["mtu"], "vxlan": vx["mtu"]}
     for p in paths:
@@ -423,6 +450,8 @@ def run(ctx: Any, out: dict) -> None:
         "vxlan_vs_host_gw": ("vxlan", "host_gw"),
         # The overlay's own cost, on the same underlay as host-gw (how the issue's kernel figures compare).
         "vxlan_segment_vs_host_gw": ("vxlan_segment", "host_gw"),
+        # What the flow-hash program (per-flow ECMP, no dst cache) costs a stream.
+        "vxlan_vs_unhashed": ("vxlan", "vxlan_unhashed"),
     }
     out["ratios"] = {name: _paired(samples, *pair) for name, pair in pairs.items()}
     out["ratios_per_cpu"] = {name: _paired(samples, *pair, key="gbit_per_cpu_s") for name, pair in pairs.items()}
@@ -447,7 +476,7 @@ def cleanup(ctx: Any) -> list[str]:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         _stop(proc)
-    prefixes = [PREFIX, *(names.cluster_prefix(c) for c in (HOSTGW, VXLAN, VXLAN1))]
+    prefixes = [PREFIX, *(names.cluster_prefix(c) for c in (HOSTGW, VXLAN, VXLAN1, UNHASHED))]
     if strays := nsutil.find_processes(prefixes):
         nsutil.kill_processes(strays)
     for cluster in dict.fromkeys(_brought_up):
@@ -513,7 +542,8 @@ def render(out: dict, console: Console) -> None:
         f"vxlan/host-gw {_g(r.get('vxlan_vs_host_gw'))}; per CPU-second: {_g(per_cpu.get('same_node_vs_veth'))}, "
         f"{_g(per_cpu.get('vxlan_vs_host_gw'))}; best over best: {_g(best.get('same_node_vs_veth'))}, "
         f"{_g(best.get('vxlan_vs_host_gw'))}; vxlan on host-gw's one segment / host-gw "
-        f"{_g(r.get('vxlan_segment_vs_host_gw'))} (the overlay's own cost, not a target)"
+        f"{_g(r.get('vxlan_segment_vs_host_gw'))} (the overlay's own cost, not a target); vxlan with podnet's "
+        f"flow hash / without {_g(r.get('vxlan_vs_unhashed'))} (per CPU-second {_g(per_cpu.get('vxlan_vs_unhashed'))})"
     )
     console.print(
         f"pod MTU host-gw {mtu.get('host_gw')}, vxlan {mtu.get('vxlan')}; load average "
