@@ -57,11 +57,16 @@ def _hop_lines(i: int, hop: Hop, verbose: bool) -> list[str]:
     if hop.encap and hop.encap.get("device"):
         e = hop.encap
         lines.append(
-            f"      [blue]encap[/] VXLAN VNI {e['vni']}: udp {e['outer_src']} -> {e['outer_dst']}:{e['udp_dport']}"
+            f"      [blue]encap[/] VXLAN VNI {e['vni']}: udp {e['outer_src']}:{e.get('udp_sport')} -> "
+            f"{e['outer_dst']}:{e['udp_dport']}"
         )
+        underlay = (hop.route or {}).get("underlay")
+        if underlay and underlay.get("ecmp"):
+            lines.append(f"      underlay route {underlay['chosen']['dst']}: {underlay['reason']}")
     elif hop.encap:
         e = hop.encap
-        lines.append(f"      (inside VXLAN: udp {e['outer_src']} -> {e['outer_dst']}:{e['udp_dport']}, VNI {e['vni']})")
+        outer = f"{e['outer_src']}:{e.get('udp_sport')} -> {e['outer_dst']}:{e['udp_dport']}"
+        lines.append(f"      (inside VXLAN: udp {outer}, VNI {e['vni']})")
     if verbose:
         for note in hop.notes:
             lines.append(f"      [dim]{note}[/]")

@@ -48,7 +48,7 @@ class Seen:
     sport: int
     dport: int
     ttl: int
-    outer: tuple[str, str, int] | None  # (src, dst, vni) when inside VXLAN
+    outer: tuple[str, str, int, int] | None  # (src, dst, vni, UDP source port) when inside VXLAN
     arp: str | None = None
 
     def describe(self) -> str:
@@ -56,7 +56,7 @@ class Seen:
             return f"{self.ifname}: ARP {self.arp}"
         inner = f"{self.proto} {self.src_ip}:{self.sport} -> {self.dst_ip}:{self.dport} ttl {self.ttl} [{self.src_mac} -> {self.dst_mac}]"
         if self.outer:
-            inner += f" inside VXLAN {self.outer[0]} -> {self.outer[1]} VNI {self.outer[2]}"
+            inner += f" inside VXLAN {self.outer[0]}:{self.outer[3]} -> {self.outer[1]} VNI {self.outer[2]}"
         return f"{self.ifname}: {inner}"
 
 
@@ -101,7 +101,7 @@ def _decode(frame: bytes, ns: str, ifname: str, vxlan_port: int = 4789) -> Seen 
                 inner.sport,
                 inner.dport,
                 inner.ttl,
-                (s, d, vni),
+                (s, d, vni, sport),
             )
         return None
     return Seen(ns, ifname, _mac(src), _mac(dst), s, d, name, sport, dport, ttl, None)
