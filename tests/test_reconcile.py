@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from podnet.plan import Plan, plan
-from podnet.reconcile import FRESH_SYSCTLS, PHASES, Change, diff
+from podnet.reconcile import PHASES, Change, diff
 from podnet.spec import load_text
 from podnet.state import Address, Link, NextHop, Process, Route, State
 
@@ -112,13 +112,10 @@ def test_from_empty_creates_bridges_addresses_routes_sysctls_and_processes() -> 
     routes = {(ns.name, r) for ns in desired.namespaces.values() for r in ns.routes.values()}
     assert {(c.netns, c.obj) for c in ops(changes, "add_route")} == routes
     assert len(ops(changes, "add_route")) == len(routes)
-    sysctls = {
-        (ns.name, (key, value))
-        for ns in desired.namespaces.values()
-        for key, value in ns.sysctls.items()
-        if FRESH_SYSCTLS.get(key) != value
-    }
+    # Nothing is assumed of a new namespace's sysctls (the kernel copies the host's): all are written.
+    sysctls = {(ns.name, (key, value)) for ns in desired.namespaces.values() for key, value in ns.sysctls.items()}
     assert {(c.netns, c.obj) for c in ops(changes, "set_sysctl")} == sysctls
+    assert len(ops(changes, "set_sysctl")) == len(sysctls)
     assert (NODE1, ("net.ipv4.ip_forward", "1")) in sysctls
     assert [c.obj for c in ops(changes, "start_process")] == [desired.processes["netexec"]]
     # A new namespace's loopback is down: it is brought up.
@@ -340,3 +337,44 @@ def test_missing_process_is_started() -> None:
     observed = copy.deepcopy(desired)
     observed.processes.clear()
     assert keys(diff(desired, observed)) == [("start_process", "", desired.processes["netexec"])]
+
+
+# --- sysctls: nothing assumed of a new namespace -----------------------------------------------
+
+
+def sysctl_keys(changes: list[Change], netns: str) -> list[str]:
+    return [c.obj[0] for c in ops(changes, "set_sysctl") if c.netns == netns]
+
+
+def test_a_new_namespace_gets_every_planned_sysctl_and_forwarding_first() -> None:
+    desired = planned().state
+    changes = diff(desired, State())
+    for name, ns in desired.namespaces.items():
+        written = sysctl_keys(changes, name)
+        assert sorted(written) == sorted(ns.sysctls), name
+        # Writing ip_forward makes the kernel set conf.all.accept_redirects to its opposite.
+        assert written[0] == "net.ipv4.ip_forward"
+        assert written.index("net.ipv4.conf.all.accept_redirects") > 0
+
+
+def test_forwarding_written_again_is_followed_by_what_the_kernel_rewrites_with_it() -> None:
+    desired = planned().state
+    observed = copy.deepcopy(desired)
+    observed.namespaces[DB].sysctls["net.ipv4.ip_forward"] = "1"
+    changes = diff(desired, observed)
+    assert [c.obj for c in changes] == [
+        ("net.ipv4.ip_forward", "0"),
+        ("net.ipv4.conf.default.forwarding", "0"),
+        ("net.ipv4.conf.all.accept_redirects", "0"),
+    ]
+
+
+def test_every_namespace_plans_forwarding_and_the_settings_a_host_could_leak() -> None:
+    p = planned()
+    routers = {n.netns for n in p.topology.nodes.values()}
+    for name, ns in p.state.namespaces.items():
+        forwards = "1" if name in routers else "0"
+        assert ns.sysctls["net.ipv4.ip_forward"] == ns.sysctls["net.ipv4.conf.default.forwarding"] == forwards
+        for conf in ("all", "default"):
+            for key in ("rp_filter", "accept_local", "send_redirects", "accept_redirects", "arp_ignore", "proxy_arp"):
+                assert ns.sysctls[f"net.ipv4.conf.{conf}.{key}"] == "0", (name, conf, key)

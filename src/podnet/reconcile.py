@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
+from podnet.plan import sysctls
 from podnet.state import Address, Fdb, Link, Neighbour, NetnsState, NftTable, Process, Route, State
 
 # (phase, op): the phase orders the whole change list.
@@ -71,15 +72,13 @@ class Change:
         return out + (f" ({self.reason})" if self.reason else "")
 
 
-# The kernel's defaults in a new namespace, for the sysctls podnet plans.
-FRESH_SYSCTLS = {"net.ipv4.ip_forward": "0", "net.ipv4.fib_multipath_hash_policy": "0"}
-
-
 def fresh_namespace(name: str) -> NetnsState:
-    """What a namespace holds right after creation: a loopback that is down."""
+    """What a namespace is known to hold right after creation: a loopback that is down.
+
+    Its sysctls are not known: the kernel copies the host's IPv4 settings into a new
+    namespace (``plan.sysctls``), so every planned one is written, whatever the host holds."""
     ns = NetnsState(name)
     ns.links["lo"] = Link("lo", "loopback", up=False)
-    ns.sysctls.update(FRESH_SYSCTLS)
     return ns
 
 
@@ -185,9 +184,7 @@ def _diff_namespace(
     for fdb in have.fdb - want.fdb:
         out.append(Change("del_fdb", want.name, fdb))
 
-    for key, value in want.sysctls.items():
-        if have.sysctls.get(key) != value:
-            out.append(Change("set_sysctl", want.name, (key, value)))
+    out += _diff_sysctls(want, have)
 
     if want.resolv_conf != have.resolv_conf:
         if want.resolv_conf is not None:
@@ -201,6 +198,15 @@ def _diff_namespace(
         else:
             out.append(Change("del_nft", want.name, have.nft))
     return out
+
+
+def _diff_sysctls(want: NetnsState, have: NetnsState) -> list[Change]:
+    """The sysctls that differ, those that rewrite others first, and what they rewrite after."""
+    changed = [key for key, value in want.sysctls.items() if have.sysctls.get(key) != value]
+    rewritten = {other for key in changed for other in sysctls.REWRITES.get(key, ())}
+    keys = [key for key in want.sysctls if key in changed or key in rewritten]
+    keys.sort(key=lambda key: key not in sysctls.REWRITES)
+    return [Change("set_sysctl", want.name, (key, want.sysctls[key])) for key in keys]
 
 
 def _is_creator(link: Link, peer: Link) -> bool:

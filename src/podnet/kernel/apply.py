@@ -72,9 +72,13 @@ def apply(
     created: set[str] = set()
     crash_after = _crash_point()
 
-    # One group: consecutive batched changes of one namespace.
+    # One group: consecutive batched changes of one namespace (its settings, or its sysctls).
     def group_key(c: Change) -> tuple:
-        return (c.netns, "batch") if c.op in BATCHED else (c.netns, c.op, id(c))
+        if c.op in BATCHED:
+            return (c.netns, "batch")
+        if c.op == "set_sysctl":
+            return (c.netns, c.op)
+        return (c.netns, c.op, id(c))
 
     ordered = sorted(changes, key=lambda c: (_group_phase(c.phase), c.netns, c.phase))
     for (ns_name, kind, *_), group in itertools.groupby(ordered, key=group_key):
@@ -82,6 +86,8 @@ def apply(
         try:
             if kind == "batch":
                 _apply_batch(ns_name, group, sessions, ns_name in created)
+            elif kind == "set_sysctl":
+                _set_sysctls(ns_name, group)
             else:
                 for change in group:
                     _apply_one(change, sessions, created, on_process)
@@ -129,15 +135,6 @@ def _apply_one(change: Change, sessions: Sessions, created: set[str], on_process
         conntrack.forget_removed_udp_endpoints(change.netns, change.obj, change.peer)
     elif op == "del_nft":
         nft.delete(change.netns, change.obj)
-    elif op == "set_sysctl":
-        key, value = change.obj
-        with netns.entered(change.netns):
-            try:
-                netns.write_sysctl(key, value)
-            except FileNotFoundError:
-                raise KernelError(
-                    f"{change.netns}: this kernel has no sysctl {key}" + SYSCTL_HINTS.get(key, "")
-                ) from None
     elif op == "add_link":
         _add_link(change.netns, change.obj, sessions)
     elif op == "add_veth":
@@ -164,6 +161,18 @@ def _apply_one(change: Change, sessions: Sessions, created: set[str], on_process
         _ignore_gone(lambda: _send(s, [_neigh_msg(RTM_DELNEIGH, REQ, change.obj, s)]))
     else:
         raise KernelError(f"unknown change {op}")
+
+
+def _set_sysctls(ns_name: str, changes: list[Change]) -> None:
+    """Write a namespace's sysctls in the order given (reconcile puts first those that make the
+    kernel rewrite others), entering it once."""
+    with netns.entered(ns_name):
+        for change in changes:
+            key, value = change.obj
+            try:
+                netns.write_sysctl(key, value)
+            except FileNotFoundError:
+                raise KernelError(f"{ns_name}: this kernel has no sysctl {key}" + SYSCTL_HINTS.get(key, "")) from None
 
 
 def _ignore_gone(fn: Callable[[], object]) -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from podnet import names
 from podnet.errors import SpecError
-from podnet.plan import backends, bgp, dns, nat, policy, underlay
+from podnet.plan import backends, bgp, dns, nat, policy, sysctls, underlay
 from podnet.plan.ipam import Allocations, Exhausted, allocate, hosts
 from podnet.plan.services import plan_services
 from podnet.plan.system import DNS_POD, with_system_objects
@@ -290,7 +290,7 @@ def _build_pods(state: State, topo: Topology) -> None:
             )
         )
         ns = state.ns(pod.netns)
-        ns.sysctls["net.ipv4.ip_forward"] = "0"
+        ns.sysctls.update(sysctls.ipv4(forwards=False))
         ns.add_link(Link("lo", "loopback"))
         ns.add_link(Link(POD_IF, "veth", mac=pod.mac, mtu=topo.mtu, peer_netns=node.netns, peer_name=pod.host_veth))
         ns.addresses.add(Address(POD_IF, f"{pod.ip}/{pod.prefix}"))
