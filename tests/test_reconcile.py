@@ -169,10 +169,12 @@ def test_removed_pod_deletes_its_namespace_only() -> None:
     # Nothing of any other pod is touched.
     others = {p.netns for p in after.topology.pods.values()}
     assert not [c for c in changes if c.netns in others]
-    # The only other deletion allowed is the node-side end of the removed pod's own veth.
+    # The node-side end of the removed pod's veth is deleted too: the kernel would take it
+    # with the namespace only once every process inside has let go.
     host_veth = before.topology.pods["shop/db"].host_veth
-    for c in ops(changes, "del_link"):
-        assert (c.netns, c.obj.name) == (NODE1, host_veth)
+    (unplugged,) = ops(changes, "del_link")
+    assert (unplugged.netns, unplugged.obj.name) == (NODE1, host_veth)
+    assert unplugged.reason == f"its peer's namespace {DB} is deleted"
     # The netexec daemon no longer serves the pod.
     assert [c.op for c in changes if isinstance(c.obj, Process)] == ["reload_process"]
 

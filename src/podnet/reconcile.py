@@ -148,9 +148,10 @@ def _diff_namespace(
     for name, cur in have.links.items():
         if name not in want.links and cur.kind != "loopback":
             gone_links.add(name)
-            if cur.kind == "veth" and cur.peer_netns in doomed:
-                continue  # deleting the other end's namespace takes this end with it
-            out.append(Change("del_link", want.name, cur, reason="not planned"))
+            # The kernel deletes the other end of a pair with the namespace it is in only when
+            # it frees that namespace, which waits for every process holding it: delete it now.
+            reason = f"its peer's namespace {cur.peer_netns} is deleted" if cur.peer_netns in doomed else "not planned"
+            out.append(Change("del_link", want.name, cur, reason=reason))
 
     # A recreated bridge has lost its ports: enslave them again.
     touched = {c.obj.name for c in out if c.op == "set_link"}
