@@ -39,7 +39,7 @@ from pyroute2.netlink.rtnl.rtmsg import rtmsg
 from podnet.errors import KernelError
 from podnet.kernel import conntrack, netns, nft, nftcache, rtdump
 from podnet.kernel.netlink import Sessions
-from podnet.kernel.observe import PROTO_NUMBER
+from podnet.kernel.observe import PROTO_NUMBER, SCOPE_NUMBER
 from podnet.reconcile import Change
 from podnet.state import Address, Fdb, Link, Neighbour, Route
 
@@ -50,6 +50,8 @@ NUD_PERMANENT = 0x80
 NTF_SELF = 0x02
 RTNH_F_ONLINK = 0x04
 AF_BRIDGE = 7
+RTN_UNICAST, RTN_LOCAL = 1, 2
+RT_SCOPE_NOWHERE = 255  # a deletion that matches a route whatever its scope
 # Deleting something already gone is success: the goal state is reached.
 GONE = {errno.ENOENT, errno.ESRCH, errno.ENODEV, errno.EADDRNOTAVAIL, errno.EINVAL}
 BATCHED = {"set_link", "add_addr", "add_route", "add_neigh", "add_fdb"}
@@ -359,13 +361,15 @@ def _route_msg(msg_type: int, flags: int, route: Route, s):
     msg["dst_len"] = int(dst_len)
     msg["table"] = route.table if route.table < 256 else 252
     msg["proto"] = PROTO_NUMBER.get(route.proto, 4)
-    msg["scope"] = 0
-    msg["type"] = 1
+    msg["scope"] = RT_SCOPE_NOWHERE if msg_type == RTM_DELROUTE else SCOPE_NUMBER.get(route.scope, 0)
+    msg["type"] = RTN_LOCAL if route.type == "local" else RTN_UNICAST
     attrs: list = [("RTA_TABLE", route.table)]
     if int(dst_len):
         attrs.append(("RTA_DST", dst))
     if route.metric:
         attrs.append(("RTA_PRIORITY", route.metric))
+    if route.src:
+        attrs.append(("RTA_PREFSRC", route.src))
     if len(route.nexthops) == 1:
         nh = route.nexthops[0]
         if nh.onlink:
