@@ -17,24 +17,35 @@ which ones they add), as is IPv6 (podnet is IPv4 only).
 
 from __future__ import annotations
 
-import ipaddress
+import socket
+from functools import lru_cache
 
 from podnet.state import LOCAL_TABLE, MAIN_TABLE, Address, NetnsState, NextHop, Route, State
 
 LOOPBACK_ADDRESS = Address("lo", "127.0.0.1/8")
 
 
+@lru_cache(maxsize=65536)
+def _split(cidr: str) -> tuple[str, str, int]:
+    """("10.244.0.2/24") -> ("10.244.0.2", "10.244.0.0/24", 24), by integer arithmetic: a plan
+    holds one address per pod, and ``ipaddress`` cost more than the rest of this module."""
+    ip, _, length = cidr.partition("/")
+    prefix = int(length)
+    mask = (0xFFFFFFFF << (32 - prefix)) & 0xFFFFFFFF
+    network = int.from_bytes(socket.inet_aton(ip), "big") & mask
+    return ip, f"{socket.inet_ntoa(network.to_bytes(4, 'big'))}/{prefix}", prefix
+
+
 def for_address(addr: Address, loopback: bool = False) -> list[Route]:
     """The routes the kernel adds for ``addr`` (on a loopback interface when ``loopback``)."""
-    iface = ipaddress.IPv4Interface(addr.cidr)
-    ip, net = str(iface.ip), str(iface.network)
+    ip, net, prefix = _split(addr.cidr)
     hop = (NextHop(None, addr.ifname),)
 
     def local(dst: str) -> Route:
         return Route(dst, hop, LOCAL_TABLE, proto="kernel", type="local", scope="host", src=ip)
 
     routes = [local(f"{ip}/32")]
-    if iface.network.prefixlen < 32:
+    if prefix < 32:
         routes.append(local(net) if loopback else Route(net, hop, MAIN_TABLE, proto="kernel", scope="link", src=ip))
     return routes
 

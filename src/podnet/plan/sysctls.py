@@ -39,10 +39,17 @@ OFF = ("rp_filter", "accept_local", "route_localnet", "accept_redirects", "send_
 ARP = ("proxy_arp", "arp_ignore", "arp_announce", "arp_filter")
 
 
-def ipv4(forwards: bool) -> dict[str, str]:
-    """The IPv4 settings of a namespace that routes (``forwards``) or never does."""
+def _settings(forwards: bool) -> dict[str, str]:
     value = "1" if forwards else "0"
     settings = {FORWARDING: value, DEFAULT_FORWARDING: value}
     for conf in ("all", "default"):
         settings.update({f"net.ipv4.conf.{conf}.{key}": "0" for key in (*OFF, *ARP)})
     return settings
+
+
+_IPV4 = {forwards: _settings(forwards) for forwards in (False, True)}
+
+
+def ipv4(forwards: bool) -> dict[str, str]:
+    """The IPv4 settings of a namespace that routes (``forwards``) or never does."""
+    return dict(_IPV4[forwards])
