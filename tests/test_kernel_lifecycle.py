@@ -14,7 +14,7 @@ from podnet import cluster as usecases
 from podnet.cluster import observe_cluster
 from podnet.reconcile import diff
 from podnet.store import cluster_dir
-from tests.conftest import cluster_yaml, leftovers, run_cli
+from tests.conftest import assert_observed_equals_plan, cluster_yaml, leftovers, run_cli
 from tests.rootsnap import differences, snapshot
 
 pytestmark = pytest.mark.root
@@ -174,3 +174,51 @@ def test_deleted_pod_namespace_is_recreated_and_served(make_cluster) -> None:
     assert result["summary"]["reload_process"] == 1  # netexec reopens its sockets in the new namespace
     assert c.curl("shop/web-1", f"http://{c.pod('shop/web-2')['ip']}/hostname") == "web-2"
     assert converged(c.name)
+
+
+@pytest.mark.parametrize(
+    "table,route",
+    [("main", "{block} dev cni0"), ("local", "local {gateway} dev cni0")],
+    ids=["connected", "local"],
+)
+def test_a_deleted_kernel_route_is_drift_and_up_repairs_it(make_cluster, table: str, route: str) -> None:
+    """The kernel adds routes for every address (a connected one in main, a local one in local):
+    the plan depends on them, so one that goes missing is drift, in trace and in up."""
+    c = make_cluster(lambda n: cluster_yaml(n, pods=BASE))
+    c.up()
+    node = next(n for n in c.status()["nodes"] if n["name"] == "node-1")
+    gateway = node["pod_cidr"].replace(".0/24", ".1")
+    subprocess.run(
+        ["ip", "-n", node["netns"], "route", "del", *route.format(block=node["pod_cidr"], gateway=gateway).split()],
+        check=True,
+    )
+    web2 = c.pod("shop/web-2")["ip"]
+    traced = usecases.trace("shop/web-2", "shop/web-1", cluster=c.name)
+    assert any(d.startswith(f"add_route {node['netns']}") for d in traced.drift), traced.drift
+    repaired = c.up()
+    assert repaired["summary"] == {"add_route": 1}, repaired["details"]
+    assert converged(c.name)
+    assert_observed_equals_plan(c.name)
+    assert usecases.trace("shop/web-2", "shop/web-1", cluster=c.name).drift == []
+    assert c.curl("shop/web-1", f"http://{web2}/hostname") == "web-2"
+
+
+def test_up_removing_nodes_and_pods_is_done_when_it_returns(make_cluster) -> None:
+    """A deleted namespace takes its veth ends with it only when the kernel frees it, which
+    waits for every process (a shell in it, a socket of a daemon) to let go: `up` must not
+    leave the far ends behind meanwhile, nor must `trace` see them."""
+    pods = [*BASE, {"name": "db", "namespace": "shop", "node": "node-3", "ports": [(5432, "TCP")]}]
+    c = make_cluster(lambda n: cluster_yaml(n, nodes=3, pods=pods))
+    c.up()
+    held = [c.pod("shop/db")["netns"], c.pod("default/client")["netns"], f"podnet_{c.name}_node-3"]
+    fds = [os.open(f"/run/netns/{ns}", os.O_RDONLY) for ns in held]  # as a shell inside each would
+    try:
+        c.write(cluster_yaml(c.name, nodes=2, pods=BASE[:2]))
+        removed = c.up()
+        assert removed["summary"]["del_netns"] == 3
+        assert_observed_equals_plan(c.name)
+        assert usecases.trace("shop/web-1", "shop/web-2", cluster=c.name).drift == []
+        assert c.up()["changes"] == 0
+    finally:
+        for fd in fds:
+            os.close(fd)

@@ -305,7 +305,7 @@ def test_every_node_routes_to_every_other_nodes_block_via_its_underlay_ip() -> N
     p = make_plan(cluster_yaml(("node-1", "node-2", "node-3")))
     nodes = p.topology.nodes.values()
     for node in nodes:
-        routes = p.state.namespaces[node.netns].routes.values()
+        routes = [r for r in p.state.namespaces[node.netns].routes.values() if r.proto != "kernel"]
         expected = {
             Route(other.pod_cidr, (NextHop(gateway=other.underlay_ip, dev="eth0"),))
             for other in nodes
@@ -318,7 +318,7 @@ def test_pods_have_a_default_route_via_their_nodes_gateway() -> None:
     p = make_plan(example_text())
     for pod in p.topology.pods.values():
         gateway = p.topology.nodes[pod.node].gateway
-        routes = list(p.state.namespaces[pod.netns].routes.values())
+        routes = [r for r in p.state.namespaces[pod.netns].routes.values() if r.proto != "kernel"]
         assert routes == [Route("0.0.0.0/0", (NextHop(gateway=gateway, dev="eth0"),))], pod.key
 
 
@@ -389,3 +389,15 @@ def test_cluster_dns_adds_its_pod_and_service() -> None:
         == "search shop.svc.cluster.local svc.cluster.local cluster.local\nnameserver 10.96.0.10\noptions ndots:5\n"
     )
     assert "dns" in p.state.processes
+
+
+def test_every_address_has_the_kernels_routes_and_no_planned_route_takes_their_place() -> None:
+    from podnet.plan.connected import kernel_routes
+
+    for example in sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.yaml")):
+        p = make_plan(example.read_text())
+        for ns in p.state.namespaces.values():
+            expected = kernel_routes(ns)
+            assert [ns.routes[r.key] for r in expected] == expected, (example.name, ns.name)
+            # lo's 127.0.0.0/8 and 127.0.0.1, and a local route for each address
+            assert sum(r.type == "local" for r in ns.routes.values()) == 2 + len(ns.addresses), ns.name

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from podnet.plan import Plan, plan
-from podnet.reconcile import FRESH_SYSCTLS, PHASES, Change, diff
+from podnet.reconcile import PHASES, Change, diff
 from podnet.spec import load_text
 from podnet.state import Address, Link, NextHop, Process, Route, State
 
@@ -109,16 +109,14 @@ def test_from_empty_creates_bridges_addresses_routes_sysctls_and_processes() -> 
     addresses = {(ns.name, a) for ns in desired.namespaces.values() for a in ns.addresses}
     assert {(c.netns, c.obj) for c in ops(changes, "add_addr")} == addresses
     assert len(ops(changes, "add_addr")) == len(addresses)
-    routes = {(ns.name, r) for ns in desired.namespaces.values() for r in ns.routes.values()}
+    # The kernel adds the routes of each address itself; podnet adds the others.
+    routes = {(ns.name, r) for ns in desired.namespaces.values() for r in ns.routes.values() if r.proto != "kernel"}
     assert {(c.netns, c.obj) for c in ops(changes, "add_route")} == routes
     assert len(ops(changes, "add_route")) == len(routes)
-    sysctls = {
-        (ns.name, (key, value))
-        for ns in desired.namespaces.values()
-        for key, value in ns.sysctls.items()
-        if FRESH_SYSCTLS.get(key) != value
-    }
+    # Nothing is assumed of a new namespace's sysctls (the kernel copies the host's): all are written.
+    sysctls = {(ns.name, (key, value)) for ns in desired.namespaces.values() for key, value in ns.sysctls.items()}
     assert {(c.netns, c.obj) for c in ops(changes, "set_sysctl")} == sysctls
+    assert len(ops(changes, "set_sysctl")) == len(sysctls)
     assert (NODE1, ("net.ipv4.ip_forward", "1")) in sysctls
     assert [c.obj for c in ops(changes, "start_process")] == [desired.processes["netexec"]]
     # A new namespace's loopback is down: it is brought up.
@@ -172,10 +170,12 @@ def test_removed_pod_deletes_its_namespace_only() -> None:
     # Nothing of any other pod is touched.
     others = {p.netns for p in after.topology.pods.values()}
     assert not [c for c in changes if c.netns in others]
-    # The only other deletion allowed is the node-side end of the removed pod's own veth.
+    # The node-side end of the removed pod's veth is deleted too: the kernel would take it
+    # with the namespace only once every process inside has let go.
     host_veth = before.topology.pods["shop/db"].host_veth
-    for c in ops(changes, "del_link"):
-        assert (c.netns, c.obj.name) == (NODE1, host_veth)
+    (unplugged,) = ops(changes, "del_link")
+    assert (unplugged.netns, unplugged.obj.name) == (NODE1, host_veth)
+    assert unplugged.reason == f"its peer's namespace {DB} is deleted"
     # The netexec daemon no longer serves the pod.
     assert [c.op for c in changes if isinstance(c.obj, Process)] == ["reload_process"]
 
@@ -199,7 +199,9 @@ def test_extra_address_is_deleted() -> None:
     observed = copy.deepcopy(desired)
     extra = Address("cni0", "10.244.0.99/24")
     observed.namespaces[NODE1].addresses.add(extra)
-    assert keys(diff(desired, observed)) == [("del_addr", NODE1, extra)]
+    gateway = next(a for a in desired.namespaces[NODE1].addresses if a.ifname == "cni0")
+    # Deleting a primary address takes the secondaries of its subnet along: cni0's own is put again.
+    assert keys(diff(desired, observed)) == [("del_addr", NODE1, extra), ("add_addr", NODE1, gateway)]
 
 
 def test_extra_route_is_deleted() -> None:
@@ -214,7 +216,7 @@ def test_changed_route_is_replaced() -> None:
     desired = planned().state
     observed = copy.deepcopy(desired)
     ns = observed.namespaces[DB]
-    (key,) = ns.routes
+    key = (254, "0.0.0.0/0", 0)
     ns.routes[key] = dataclasses.replace(ns.routes[key], nexthops=(NextHop(gateway="10.244.0.77", dev="eth0"),))
     assert keys(diff(desired, observed)) == [("add_route", DB, desired.namespaces[DB].routes[key])]
 
@@ -232,7 +234,9 @@ def test_link_settings_are_set_in_place() -> None:
     observed = copy.deepcopy(desired)
     links = observed.namespaces[DB].links
     links["eth0"] = dataclasses.replace(links["eth0"], up=False, mtu=1400)
-    assert keys(diff(desired, observed)) == [("set_link", DB, desired.namespaces[DB].links["eth0"])]
+    # Only what differs is set (setting a MAC again would flush the link's neighbours).
+    wanted = dataclasses.replace(desired.namespaces[DB].links["eth0"], mac=None)
+    assert keys(diff(desired, observed)) == [("set_link", DB, wanted)]
 
 
 def test_link_with_wrong_kind_is_recreated() -> None:
@@ -290,15 +294,15 @@ def test_veth_pair_with_wrong_peer_is_recreated() -> None:
     # What lived on the old eth0 is put on the new one.
     db = desired.namespaces[DB]
     assert {("add_addr", DB, a) for a in db.addresses} <= set(keys(changes))
-    assert {("add_route", DB, r) for r in db.routes.values()} <= set(keys(changes))
+    assert {("add_route", DB, r) for r in db.routes.values() if r.proto != "kernel"} <= set(keys(changes))
     assert ("set_link", NODE1, desired.namespaces[NODE1].links[host_veth]) in keys(changes)
 
 
-@pytest.mark.parametrize("proto", ["kernel", "bird"])
+@pytest.mark.parametrize("proto", ["bird", "dhcp"])
 def test_routes_podnet_does_not_own_are_never_deleted(proto: str) -> None:
     desired = planned().state
     observed = copy.deepcopy(desired)
-    observed.namespaces[NODE1].add_route(Route("10.244.0.0/24", (NextHop(dev="cni0"),), proto=proto))
+    observed.namespaces[NODE1].add_route(Route("10.244.0.0/24", (NextHop(dev="cni0"),), proto=proto, metric=50))
     observed.namespaces[NODE1].add_route(Route("198.51.100.0/24", (NextHop(gateway="172.31.0.3"),), proto=proto))
     observed.namespaces[DB].add_route(Route("10.244.0.0/24", (NextHop(dev="eth0"),), proto=proto, metric=100))
     assert diff(desired, observed) == []
@@ -340,3 +344,125 @@ def test_missing_process_is_started() -> None:
     observed = copy.deepcopy(desired)
     observed.processes.clear()
     assert keys(diff(desired, observed)) == [("start_process", "", desired.processes["netexec"])]
+
+
+# --- sysctls: nothing assumed of a new namespace -----------------------------------------------
+
+
+def sysctl_keys(changes: list[Change], netns: str) -> list[str]:
+    return [c.obj[0] for c in ops(changes, "set_sysctl") if c.netns == netns]
+
+
+def test_a_new_namespace_gets_every_planned_sysctl_and_forwarding_first() -> None:
+    desired = planned().state
+    changes = diff(desired, State())
+    for name, ns in desired.namespaces.items():
+        written = sysctl_keys(changes, name)
+        assert sorted(written) == sorted(ns.sysctls), name
+        # Writing ip_forward makes the kernel set conf.all.accept_redirects to its opposite.
+        assert written[0] == "net.ipv4.ip_forward"
+        assert written.index("net.ipv4.conf.all.accept_redirects") > 0
+
+
+def test_forwarding_written_again_is_followed_by_what_the_kernel_rewrites_with_it() -> None:
+    desired = planned().state
+    observed = copy.deepcopy(desired)
+    observed.namespaces[DB].sysctls["net.ipv4.ip_forward"] = "1"
+    changes = diff(desired, observed)
+    assert [c.obj for c in changes] == [
+        ("net.ipv4.ip_forward", "0"),
+        ("net.ipv4.conf.default.forwarding", "0"),
+        ("net.ipv4.conf.all.accept_redirects", "0"),
+    ]
+
+
+def test_every_namespace_plans_forwarding_and_the_settings_a_host_could_leak() -> None:
+    p = planned()
+    routers = {n.netns for n in p.topology.nodes.values()}
+    for name, ns in p.state.namespaces.items():
+        forwards = "1" if name in routers else "0"
+        assert ns.sysctls["net.ipv4.ip_forward"] == ns.sysctls["net.ipv4.conf.default.forwarding"] == forwards
+        for conf in ("all", "default"):
+            for key in ("rp_filter", "accept_local", "send_redirects", "accept_redirects", "arp_ignore", "proxy_arp"):
+                assert ns.sysctls[f"net.ipv4.conf.{conf}.{key}"] == "0", (name, conf, key)
+
+
+# --- the kernel's own routes, and what the kernel takes with a change ------------------------
+
+
+def kernel_route(ns_state, table: int, dst: str) -> Route:
+    route = ns_state.routes[(table, dst, 0)]
+    assert route.proto == "kernel"
+    return route
+
+
+def test_a_missing_kernel_route_is_added_and_an_unplanned_one_deleted() -> None:
+    desired = planned().state
+    observed = copy.deepcopy(desired)
+    node = observed.namespaces[NODE1]
+    connected = node.routes.pop((254, "10.244.0.0/24", 0))
+    local = node.routes.pop((255, "10.244.0.1/32", 0))
+    stray = Route("10.9.0.0/24", (NextHop(dev="cni0"),), proto="kernel", scope="link")
+    node.add_route(stray)
+    changes = diff(desired, observed)
+    assert sorted(keys(changes), key=repr) == sorted(
+        [("add_route", NODE1, connected), ("add_route", NODE1, local), ("del_route", NODE1, stray)], key=repr
+    )
+    assert (connected.scope, connected.src, local.type, local.scope) == ("link", "10.244.0.1", "local", "host")
+
+
+def test_a_replaced_address_brings_back_what_deleting_the_old_one_flushes() -> None:
+    # The pod's address goes from /24 to /25: deleting its only address makes the kernel flush
+    # every route through eth0 (the default route too); the new address's own routes are the
+    # kernel's to add, the old one's the kernel's to remove.
+    before = planned()
+    after = planned(example_text().replace("nodeCIDRMaskSize: 24", "nodeCIDRMaskSize: 25"), before.allocations)
+    observed = copy.deepcopy(before.state)
+    db_before, db_after = before.state.namespaces[DB], after.state.namespaces[DB]
+    assert db_before.routes[(254, "0.0.0.0/0", 0)] == db_after.routes[(254, "0.0.0.0/0", 0)]
+    changes = [c for c in diff(after.state, observed) if c.netns == DB]
+    (old,), (new,) = db_before.addresses, db_after.addresses
+    assert keys(changes) == [
+        ("del_addr", DB, old),
+        ("add_addr", DB, new),
+        ("add_route", DB, db_after.routes[(254, "0.0.0.0/0", 0)]),
+    ]
+
+
+def vxlan_planned() -> Plan:
+    return planned(example_text().replace("backend: host-gw", "backend: vxlan"))
+
+
+def test_a_new_mac_brings_back_the_links_neighbours() -> None:
+    desired = vxlan_planned().state
+    observed = copy.deepcopy(desired)
+    links = observed.namespaces[NODE1].links
+    links["vxlan0"] = dataclasses.replace(links["vxlan0"], mac="0a:58:00:00:00:01")
+    changes = diff(desired, observed)
+    want = desired.namespaces[NODE1]
+    assert keys(changes) == [
+        ("set_link", NODE1, dataclasses.replace(want.links["vxlan0"], mtu=None)),
+        *[("add_neigh", NODE1, n) for n in want.neighbours],
+    ]
+
+
+def test_a_recreated_vxlan_device_gets_its_address_routes_neighbours_and_fdb_back() -> None:
+    desired = vxlan_planned().state
+    observed = copy.deepcopy(desired)
+    links = observed.namespaces[NODE1].links
+    links["vxlan0"] = dataclasses.replace(links["vxlan0"], vni=99)
+    changes = diff(desired, observed)
+    want = desired.namespaces[NODE1]
+    on_vxlan = {
+        *[("add_addr", NODE1, a) for a in want.addresses if a.ifname == "vxlan0"],
+        *[
+            ("add_route", NODE1, r)
+            for r in want.routes.values()
+            if r.proto != "kernel" and r.nexthops[0].dev == "vxlan0"
+        ],
+        *[("add_neigh", NODE1, n) for n in want.neighbours],
+        *[("add_fdb", NODE1, f) for f in want.fdb],
+    }
+    assert on_vxlan <= set(keys(changes))
+    assert [c.op for c in changes if c.op in ("del_link", "add_link")] == ["del_link", "add_link"]
+    assert not ops(changes, "del_neigh", "del_fdb", "del_addr", "del_route")

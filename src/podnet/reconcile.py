@@ -8,9 +8,10 @@ yields nothing: that is what makes ``up`` idempotent and a crash at any point re
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from podnet.plan import sysctls
 from podnet.state import Address, Fdb, Link, Neighbour, NetnsState, NftTable, Process, Route, State, TcProgram
 
 # (phase, op): the phase orders the whole change list.
@@ -74,15 +75,13 @@ class Change:
         return out + (f" ({self.reason})" if self.reason else "")
 
 
-# The kernel's defaults in a new namespace, for the sysctls podnet plans.
-FRESH_SYSCTLS = {"net.ipv4.ip_forward": "0", "net.ipv4.fib_multipath_hash_policy": "0"}
-
-
 def fresh_namespace(name: str) -> NetnsState:
-    """What a namespace holds right after creation: a loopback that is down."""
+    """What a namespace is known to hold right after creation: a loopback that is down.
+
+    Its sysctls are not known: the kernel copies the host's IPv4 settings into a new
+    namespace (``plan.sysctls``), so every planned one is written, whatever the host holds."""
     ns = NetnsState(name)
     ns.links["lo"] = Link("lo", "loopback", up=False)
-    ns.sysctls.update(FRESH_SYSCTLS)
     return ns
 
 
@@ -111,12 +110,74 @@ def diff(desired: State, observed: State, owned_extra: list[str] | None = None) 
     return changes
 
 
+@dataclass
+class _Effects:
+    """What the kernel does by itself, in one namespace, when this run's changes are applied.
+
+    Deleting or creating a link takes everything that was on it. Deleting an interface's last
+    address flushes every route through it and every neighbour on it (permanent ones too);
+    setting a MAC flushes its neighbours (even when the MAC is the same); bringing a link up
+    or adding an address makes the kernel add that address's own routes (``plan.connected``).
+    """
+
+    gone: set[str] = field(default_factory=set)  # links deleted or created now
+    readdressed: set[str] = field(default_factory=set)  # links losing an address
+    new_mac: set[str] = field(default_factory=set)  # links whose MAC is set
+    raised: set[str] = field(default_factory=set)  # links going from down to up
+    deleted: set[tuple[str, str]] = field(default_factory=set)  # (ifname, ip) of addresses deleted
+    added: set[tuple[str, str]] = field(default_factory=set)  # (ifname, ip) of addresses added
+
+    def routes_flushed(self, route: Route) -> bool:
+        return any(h.dev in self.gone or h.dev in self.readdressed for h in route.nexthops)
+
+    def neighbours_flushed(self, ifname: str) -> bool:
+        return ifname in self.gone or ifname in self.readdressed or ifname in self.new_mac
+
+    def kernel_adds(self, route: Route) -> bool:
+        """True when the kernel itself will add this route of an address of this namespace."""
+        dev = route.nexthops[0].dev or ""
+        return dev in self.gone or dev in self.raised or (dev, route.src or "") in self.added
+
+    def kernel_removes(self, route: Route) -> bool:
+        dev = route.nexthops[0].dev or ""
+        return dev in self.gone or (dev, route.src or "") in self.deleted
+
+
 def _diff_namespace(
     want: NetnsState, have: NetnsState, desired: State, recreate: set[tuple[str, str]], doomed: set[str]
 ) -> list[Change]:
-    out: list[Change] = []
-    gone_links: set[str] = set()  # links deleted or created now: their addresses/routes are new too
+    effects = _Effects()
+    out = _diff_links(want, have, desired, recreate, doomed, effects)
+    out += _diff_addresses(want, have, effects)
+    out += _diff_routes(want, have, effects)
+    out += _diff_neighbours(want, have, effects)
+    out += _diff_sysctls(want, have)
+    out += _diff_tc(want, have, effects)
 
+    if want.resolv_conf != have.resolv_conf:
+        if want.resolv_conf is not None:
+            out.append(Change("set_resolv_conf", want.name, want.resolv_conf))
+        else:
+            out.append(Change("del_resolv_conf", want.name))
+
+    if want.nft != have.nft:
+        if want.nft is not None:
+            out.append(Change("set_nft", want.name, want.nft, peer=have.nft))
+        else:
+            out.append(Change("del_nft", want.name, have.nft))
+    return out
+
+
+def _diff_links(
+    want: NetnsState,
+    have: NetnsState,
+    desired: State,
+    recreate: set[tuple[str, str]],
+    doomed: set[str],
+    effects: _Effects,
+) -> list[Change]:
+    out: list[Change] = []
+    gone = effects.gone
     for name, link in want.links.items():
         cur = have.links.get(name)
         reason = None
@@ -126,11 +187,11 @@ def _diff_namespace(
                 reason = "peer is gone"
         if cur is not None and reason is None:
             if not cur.satisfies(link):
-                out.append(Change("set_link", want.name, link))
+                out.append(_set_link(want.name, cur, link, effects))
             continue
         if cur is not None:
             out.append(Change("del_link", want.name, cur, reason=reason))
-        gone_links.add(name)
+        gone.add(name)
         if link.kind != "veth":
             out.append(Change("add_link", want.name, link))
             continue
@@ -151,66 +212,111 @@ def _diff_namespace(
 
     for name, cur in have.links.items():
         if name not in want.links and cur.kind != "loopback":
-            gone_links.add(name)
-            if cur.kind == "veth" and cur.peer_netns in doomed:
-                continue  # deleting the other end's namespace takes this end with it
-            out.append(Change("del_link", want.name, cur, reason="not planned"))
+            gone.add(name)
+            # The kernel deletes the other end of a pair with the namespace it is in only when
+            # it frees that namespace, which waits for every process holding it: delete it now.
+            reason = f"its peer's namespace {cur.peer_netns} is deleted" if cur.peer_netns in doomed else "not planned"
+            out.append(Change("del_link", want.name, cur, reason=reason))
 
     # A recreated bridge has lost its ports: enslave them again.
     touched = {c.obj.name for c in out if c.op == "set_link"}
     for name, link in want.links.items():
-        if link.master in gone_links and name not in gone_links and name not in touched:
+        if link.master in gone and name not in gone and name not in touched:
             out.append(Change("set_link", want.name, link, reason=f"{link.master} was recreated"))
-
-    for addr in want.addresses - have.addresses:
-        out.append(Change("add_addr", want.name, addr))
-    for addr in have.addresses - want.addresses:
-        if addr.ifname not in gone_links and addr.ifname in have.links:
-            out.append(Change("del_addr", want.name, addr))
-    for addr in want.addresses & have.addresses:
-        if addr.ifname in gone_links:
-            out.append(Change("add_addr", want.name, addr))
-
-    for key, route in want.routes.items():
-        cur_route = have.routes.get(key)
-        if cur_route != route or any(h.dev in gone_links for h in route.nexthops):
-            out.append(Change("add_route", want.name, route))
-    for key, cur_route in have.routes.items():
-        if key not in want.routes and cur_route.proto in ("static", "boot"):
-            out.append(Change("del_route", want.name, cur_route))
-
-    for neigh in want.neighbours - have.neighbours:
-        out.append(Change("add_neigh", want.name, neigh))
-    for neigh in have.neighbours - want.neighbours:
-        out.append(Change("del_neigh", want.name, neigh))
-    for fdb in want.fdb - have.fdb:
-        out.append(Change("add_fdb", want.name, fdb))
-    for fdb in have.fdb - want.fdb:
-        out.append(Change("del_fdb", want.name, fdb))
-
-    for key, value in want.sysctls.items():
-        if have.sysctls.get(key) != value:
-            out.append(Change("set_sysctl", want.name, (key, value)))
-
-    if want.resolv_conf != have.resolv_conf:
-        if want.resolv_conf is not None:
-            out.append(Change("set_resolv_conf", want.name, want.resolv_conf))
-        else:
-            out.append(Change("del_resolv_conf", want.name))
-
-    for ifname, program in want.tc.items():
-        if have.tc.get(ifname) != program or ifname in gone_links:
-            out.append(Change("set_tc", want.name, program))
-    for ifname, program in have.tc.items():
-        if ifname not in want.tc and ifname not in gone_links:
-            out.append(Change("del_tc", want.name, program))
-
-    if want.nft != have.nft:
-        if want.nft is not None:
-            out.append(Change("set_nft", want.name, want.nft, peer=have.nft))
-        else:
-            out.append(Change("del_nft", want.name, have.nft))
     return out
+
+
+def _set_link(ns_name: str, cur: Link, link: Link, effects: _Effects) -> Change:
+    """Set only what differs: the kernel reacts to a setting even when its value is unchanged
+    (a MAC set again flushes the link's neighbours)."""
+    changed = replace(
+        link,
+        mac=link.mac if link.mac != cur.mac else None,
+        mtu=link.mtu if link.mtu != cur.mtu else None,
+        master=link.master if link.master != cur.master else None,
+        hairpin=link.hairpin if link.hairpin != cur.hairpin else None,
+    )
+    if changed.mac is not None:
+        effects.new_mac.add(link.name)
+    if link.up and not cur.up:
+        effects.raised.add(link.name)
+    return Change("set_link", ns_name, changed)
+
+
+def _diff_addresses(want: NetnsState, have: NetnsState, effects: _Effects) -> list[Change]:
+    out: list[Change] = []
+    for addr in have.addresses - want.addresses:
+        if addr.ifname not in effects.gone and addr.ifname in have.links:
+            out.append(Change("del_addr", want.name, addr))
+            effects.readdressed.add(addr.ifname)
+            effects.deleted.add((addr.ifname, addr.ip))
+    for addr in want.addresses:
+        new = addr not in have.addresses or addr.ifname in effects.gone
+        if new or addr.ifname in effects.readdressed:
+            # On a link losing an address, the others are put again: deleting a primary address
+            # takes the secondaries of its subnet with it.
+            out.append(Change("add_addr", want.name, addr))
+        if new:
+            effects.added.add((addr.ifname, addr.ip))
+    return out
+
+
+def _diff_routes(want: NetnsState, have: NetnsState, effects: _Effects) -> list[Change]:
+    out: list[Change] = []
+    for key, route in want.routes.items():
+        cur = have.routes.get(key)
+        if route.proto == "kernel":
+            if cur != route and not effects.kernel_adds(route):
+                out.append(Change("add_route", want.name, route))
+        elif cur != route or effects.routes_flushed(route):
+            out.append(Change("add_route", want.name, route))
+    for key, cur in have.routes.items():
+        if key in want.routes:
+            continue
+        if cur.proto in ("static", "boot") or (cur.proto == "kernel" and not effects.kernel_removes(cur)):
+            out.append(Change("del_route", want.name, cur))
+    return out
+
+
+def _diff_neighbours(want: NetnsState, have: NetnsState, effects: _Effects) -> list[Change]:
+    out: list[Change] = []
+    for neigh in want.neighbours:
+        if neigh not in have.neighbours or effects.neighbours_flushed(neigh.ifname):
+            out.append(Change("add_neigh", want.name, neigh))
+    for neigh in have.neighbours - want.neighbours:
+        if neigh.ifname not in effects.gone:
+            out.append(Change("del_neigh", want.name, neigh))
+    for fdb in want.fdb:
+        if fdb not in have.fdb or fdb.ifname in effects.gone:
+            out.append(Change("add_fdb", want.name, fdb))
+    for fdb in have.fdb - want.fdb:
+        if fdb.ifname not in effects.gone:
+            out.append(Change("del_fdb", want.name, fdb))
+    return out
+
+
+def _diff_tc(want: NetnsState, have: NetnsState, effects: _Effects) -> list[Change]:
+    """tc programs on a device's egress; a recreated device has lost its program."""
+    out = [
+        Change("set_tc", want.name, program)
+        for ifname, program in want.tc.items()
+        if have.tc.get(ifname) != program or ifname in effects.gone
+    ]
+    out += [
+        Change("del_tc", want.name, program)
+        for ifname, program in have.tc.items()
+        if ifname not in want.tc and ifname not in effects.gone
+    ]
+    return out
+
+
+def _diff_sysctls(want: NetnsState, have: NetnsState) -> list[Change]:
+    """The sysctls that differ, those that rewrite others first, and what they rewrite after."""
+    changed = [key for key, value in want.sysctls.items() if have.sysctls.get(key) != value]
+    rewritten = {other for key in changed for other in sysctls.REWRITES.get(key, ())}
+    keys = [key for key in want.sysctls if key in changed or key in rewritten]
+    keys.sort(key=lambda key: key not in sysctls.REWRITES)
+    return [Change("set_sysctl", want.name, (key, want.sysctls[key])) for key in keys]
 
 
 def _is_creator(link: Link, peer: Link) -> bool:

@@ -264,7 +264,7 @@ def routes(cluster: str, where: str) -> dict:
 
 
 def _fib(ns: str) -> list[dict]:
-    """The namespace's main table: connected routes (from its addresses) and every other route."""
+    """The namespace's main table, its connected routes (proto kernel) included."""
     if not kns.exists(ns):
         return []
     state = observe([ns], set())
@@ -272,11 +272,6 @@ def _fib(ns: str) -> list[dict]:
     if have is None:
         return []
     out = []
-    for addr in have.addresses:
-        net = ipaddress.IPv4Interface(addr.cidr).network
-        out.append(
-            {"dst": str(net), "proto": "kernel", "metric": 0, "nexthops": [{"gateway": None, "dev": addr.ifname}]}
-        )
     for route in have.routes.values():
         if route.table != 254:
             continue

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field, fields
 from functools import cached_property
 
 MAIN_TABLE = 254
+LOCAL_TABLE = 255
 
 
 @dataclass(frozen=True)
@@ -73,11 +74,17 @@ class NextHop:
 
 @dataclass(frozen=True)
 class Route:
+    """A route of the main or the local table. The kernel's own (``proto kernel``: the
+    connected route and the local one it adds for each address) are planned like the rest."""
+
     dst: str  # "10.244.1.0/24" or "0.0.0.0/0"
     nexthops: tuple[NextHop, ...]
     table: int = MAIN_TABLE
     metric: int = 0
     proto: str = "static"
+    type: str = "unicast"  # unicast | local
+    scope: str = "universe"  # universe | link | host
+    src: str | None = None  # the preferred source address
 
     @property
     def key(self) -> tuple[int, str, int]:

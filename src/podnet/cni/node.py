@@ -140,7 +140,9 @@ def observe(session: HostSession, cfg: NodeConfig) -> tuple[NetnsState, str]:
     have.routes = {
         k: r
         for k, r in ns.routes.items()
-        if r.dst != "0.0.0.0/0" and ipaddress.IPv4Network(r.dst).subnet_of(pods) and r.proto in ("static", "boot")
+        if r.dst != "0.0.0.0/0"
+        and ipaddress.IPv4Network(r.dst).subnet_of(pods)
+        and (r.proto in ("static", "boot") or (r.proto == "kernel" and r.nexthops[0].dev in OWNED_LINKS))
     }
     have.neighbours = {n for n in ns.neighbours if n.ifname in OWNED_LINKS}
     have.fdb = {f for f in ns.fdb if f.ifname in OWNED_LINKS}

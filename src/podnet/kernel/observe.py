@@ -1,7 +1,8 @@
 """Read podnet's namespaces from the kernel into a State.
 
-Only what podnet manages is read: IPv4 addresses, routes that are not the kernel's own
-connected ones, permanent neighbours, and the sysctls podnet sets. veth peers are resolved
+Only what podnet manages is read: IPv4 addresses, the unicast routes of the main table and
+the local routes of the local table (the kernel's own for each address included: the plan
+has them too), permanent neighbours, and the sysctls podnet sets. veth peers are resolved
 across the observed namespaces so that a pair wired to the wrong place shows up as drift.
 """
 
@@ -13,7 +14,7 @@ from dataclasses import dataclass, replace
 
 from podnet.kernel import netns, nft, rtdump, tcbpf
 from podnet.kernel.netlink import Session, Sessions
-from podnet.state import Address, Fdb, Link, Neighbour, NetnsState, NextHop, Route, State, TcProgram
+from podnet.state import LOCAL_TABLE, Address, Fdb, Link, Neighbour, NetnsState, NextHop, Route, State, TcProgram
 
 IFF_UP = 0x1
 NUD_PERMANENT = 0x80
@@ -23,12 +24,14 @@ IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_SLAVE_KIND, IFLA_INFO_SLAVE_DATA = 1, 
 IFLA_BRPORT_MODE = 4  # hairpin
 IFLA_VXLAN_ID, IFLA_VXLAN_LOCAL, IFLA_VXLAN_LEARNING, IFLA_VXLAN_PORT = 1, 4, 7, 15
 IFA_ADDRESS = 1
-RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_MULTIPATH, RTA_TABLE = 1, 4, 5, 6, 9, 15
-RTN_UNICAST = 1
+RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_PREFSRC, RTA_MULTIPATH, RTA_TABLE = 1, 4, 5, 6, 7, 9, 15
+RTN_UNICAST, RTN_LOCAL = 1, 2
+ROUTE_TYPES = {RTN_UNICAST: "unicast", RTN_LOCAL: "local"}
+SCOPES = {0: "universe", 200: "site", 253: "link", 254: "host"}
+SCOPE_NUMBER = {v: k for k, v in SCOPES.items()}
 NDA_DST, NDA_LLADDR = 1, 2
 RTPROT = {2: "kernel", 3: "boot", 4: "static", 12: "bird", 186: "bgp"}
 PROTO_NUMBER = {v: k for k, v in RTPROT.items()}
-LOCAL_TABLE = 255
 RTNH_F_ONLINK = 0x04
 
 
@@ -153,10 +156,11 @@ def _link(m: rtdump.Message, name: str, flags: int, by_index: dict[int, str]) ->
 
 
 def _route(m: rtdump.Message, by_index: dict[int, str]) -> Route | None:
-    """A route podnet may own; None for the kernel's own (local table, connected, not unicast)."""
-    _, dst_len, _, _, table8, proto, _, kind, flags = m.header
+    """A unicast route, or a local route of the local table; None for the rest (broadcast
+    routes: see plan.connected)."""
+    _, dst_len, _, _, table8, proto, scope, kind, flags = m.header
     table = rtdump.u32(m.attrs.get(RTA_TABLE)) or table8
-    if table == LOCAL_TABLE or proto == PROTO_NUMBER["kernel"] or kind != RTN_UNICAST:
+    if kind != (RTN_LOCAL if table == LOCAL_TABLE else RTN_UNICAST):
         return None
     dst = rtdump.ipv4(m.attrs.get(RTA_DST)) or "0.0.0.0"
     if RTA_MULTIPATH in m.attrs:
@@ -182,6 +186,9 @@ def _route(m: rtdump.Message, by_index: dict[int, str]) -> Route | None:
         table=table,
         metric=rtdump.u32(m.attrs.get(RTA_PRIORITY)) or 0,
         proto=RTPROT.get(proto, str(proto)),
+        type=ROUTE_TYPES[kind],
+        scope=SCOPES.get(scope, str(scope)),
+        src=rtdump.ipv4(m.attrs.get(RTA_PREFSRC)),
     )
 
 

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 from podnet import names
 from podnet.errors import SpecError
-from podnet.plan import backends, bgp, dns, nat, policy, underlay
+from podnet.plan import backends, bgp, dns, nat, policy, sysctls, underlay
+from podnet.plan.connected import add_kernel_routes
 from podnet.plan.ipam import Allocations, Exhausted, allocate, hosts
 from podnet.plan.services import plan_services
 from podnet.plan.system import DNS_POD, with_system_objects
@@ -75,6 +76,7 @@ def plan(spec: Spec, previous: Allocations | None = None) -> Plan:
             if pod.key != DNS_POD:
                 state.ns(pod.netns).resolv_conf = dns.resolv_conf(pod.namespace, c.dns_domain, vip)
     bgp_plan = bgp.plan_bgp(spec, topo, state, previous, allocations) if c.backend == "bgp" else None
+    add_kernel_routes(state)
     return Plan(state, topo, allocations, netexec_config, dns_config, bgp_plan)
 
 
@@ -290,7 +292,7 @@ def _build_pods(state: State, topo: Topology) -> None:
             )
         )
         ns = state.ns(pod.netns)
-        ns.sysctls["net.ipv4.ip_forward"] = "0"
+        ns.sysctls.update(sysctls.ipv4(forwards=False))
         ns.add_link(Link("lo", "loopback"))
         ns.add_link(Link(POD_IF, "veth", mac=pod.mac, mtu=topo.mtu, peer_netns=node.netns, peer_name=pod.host_veth))
         ns.addresses.add(Address(POD_IF, f"{pod.ip}/{pod.prefix}"))

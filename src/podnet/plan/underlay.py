@@ -8,6 +8,7 @@ routes ``routing`` computes; ECMP hashing uses L4 ports so different flows sprea
 from __future__ import annotations
 
 from podnet import names
+from podnet.plan import sysctls
 from podnet.plan.routing import RoutingGraph, multipath_sysctls
 from podnet.plan.topology import Topology
 from podnet.state import Address, Link, NextHop, Route, State
@@ -38,7 +39,7 @@ def build(state: State, topo: Topology, mtu: int, routed_by_bgp: bool = False) -
     no static route; only the edge keeps its gateway of last resort, which it announces."""
     for subnet in topo.subnets.values():
         sw = state.ns(subnet.switch_netns)
-        sw.sysctls["net.ipv4.ip_forward"] = "0"  # a switch bridges; it never routes
+        sw.sysctls.update(sysctls.ipv4(forwards=False))  # a switch bridges; it never routes
         # ... and its frames need no IP netfilter (br_netfilter is on by default once loaded, as
         # the nodes need it): measured, a tenth of a VXLAN stream across racks went to it.
         sw.sysctls.update(dict.fromkeys(SWITCH_BR_NETFILTER, "0"))
@@ -51,7 +52,7 @@ def build(state: State, topo: Topology, mtu: int, routed_by_bgp: bool = False) -
     for router in topo.routers.values():
         ns = state.ns(router.netns)
         ns.add_link(Link("lo", "loopback"))
-        ns.sysctls["net.ipv4.ip_forward"] = "1"
+        ns.sysctls.update(sysctls.ipv4(forwards=True))
         ns.sysctls.update(multipath_sysctls(ns.name))
         for iface in router.interfaces:
             _plug(state, topo, iface.subnet, router.netns, iface.ifname, iface.mac, mtu)
@@ -73,7 +74,7 @@ def build(state: State, topo: Topology, mtu: int, routed_by_bgp: bool = False) -
     for node in topo.nodes.values():
         ns = state.ns(node.netns)
         ns.add_link(Link("lo", "loopback"))
-        ns.sysctls["net.ipv4.ip_forward"] = "1"
+        ns.sysctls.update(sysctls.ipv4(forwards=True))
         ns.sysctls.update(multipath_sysctls(ns.name))
         _plug(state, topo, node.subnet, node.netns, UNDERLAY_IF, names.mac_for_ip(node.underlay_ip), mtu)
         ns.addresses.add(Address(UNDERLAY_IF, f"{node.underlay_ip}/{node.underlay_prefix}"))
@@ -92,7 +93,7 @@ def build(state: State, topo: Topology, mtu: int, routed_by_bgp: bool = False) -
     for host in topo.hosts.values():
         ns = state.ns(host.netns)
         ns.add_link(Link("lo", "loopback"))
-        ns.sysctls["net.ipv4.ip_forward"] = "0"
+        ns.sysctls.update(sysctls.ipv4(forwards=False))
         ext = next(s for s in topo.subnets.values() if s.external)
         _plug(state, topo, ext.name, host.netns, UNDERLAY_IF, host.mac, mtu)
         ns.addresses.add(Address(UNDERLAY_IF, f"{host.ip}/{host.prefix}"))

@@ -1,7 +1,8 @@
 """Route lookup as the kernel does it: longest prefix first, then metric; ECMP by the kernel's hash.
 
-Connected routes are derived from the namespace's addresses (the kernel adds them as proto
-kernel); the rest are the State's routes, whatever their origin (static, bird).
+The local table decides first (a local route: an address of this namespace, lo's 127/8),
+then the main table. The State holds both, the kernel's own routes for each address
+included (``plan.connected``), so a planned trace and one of the kernel route alike.
 
 Among equal next hops the kernel picks by ``fib_multipath_hash`` (net/ipv4/route.c), computed
 here exactly: the packet's flow keys (those the namespace's ``fib_multipath_hash_policy`` and
@@ -25,7 +26,7 @@ from functools import lru_cache
 
 import siphashc
 
-from podnet.state import NetnsState, NextHop, Route
+from podnet.state import LOCAL_TABLE, MAIN_TABLE, NetnsState, NextHop, Route
 
 
 @dataclass(frozen=True)
@@ -60,18 +61,9 @@ class Decision:
         }
 
 
-LOOPBACK = ipaddress.IPv4Network("127.0.0.0/8")
-
-
 @lru_cache(maxsize=65536)
 def _address(ip: str) -> ipaddress.IPv4Address:
     return ipaddress.IPv4Address(ip)
-
-
-@lru_cache(maxsize=65536)
-def _network(cidr: str) -> ipaddress.IPv4Network:
-    """The network of an address ("10.244.0.2/24" -> 10.244.0.0/24), parsed once."""
-    return ipaddress.IPv4Interface(cidr).network
 
 
 @lru_cache(maxsize=65536)
@@ -80,19 +72,12 @@ def _route_network(dst: str) -> ipaddress.IPv4Network:
     return ipaddress.IPv4Network(dst)
 
 
-def connected_routes(ns: NetnsState) -> list[Route]:
-    routes = []
-    for addr in ns.addresses:
-        net = _network(addr.cidr)
-        if net.prefixlen < 32 and ns.links.get(addr.ifname) is not None and ns.links[addr.ifname].up:
-            routes.append(Route(str(net), (NextHop(None, addr.ifname),), proto="kernel"))
-    return routes
-
-
-def local_addresses(ns: NetnsState) -> dict[str, str]:
-    """address -> interface, as the kernel's local table has them (lo's 127/8 included)."""
-    out = {a.ip: a.ifname for a in ns.addresses}
-    return out
+def _local_route(ns: NetnsState, ip: ipaddress.IPv4Address) -> Route | None:
+    """The local table's route for ``ip``: it is an address of this namespace."""
+    return next(
+        (r for r in ns.routes.values() if r.table == LOCAL_TABLE and r.type == "local" and ip in _route_network(r.dst)),
+        None,
+    )
 
 
 def flow_hash(*parts: object) -> int:
@@ -188,10 +173,11 @@ def lookup(ns: NetnsState, dst: str, flow: tuple, forwarded: bool = False) -> De
     """``forwarded``: the packet arrived from elsewhere (the kernel hashes the packet itself)
     rather than being sent by this namespace (it hashes the socket's flow)."""
     ip = _address(dst)
-    if dst in local_addresses(ns) or ip in LOOPBACK:
-        dev = local_addresses(ns).get(dst, "lo")
+    local = _local_route(ns, ip)
+    if local is not None:
+        dev = local.nexthops[0].dev
         return Decision("local", None, (), NextHop(None, dev), f"{dst} is an address of this namespace (local table)")
-    routes = [r for r in (*ns.routes.values(), *connected_routes(ns)) if r.table == 254]
+    routes = [r for r in ns.routes.values() if r.table == MAIN_TABLE and r.type == "unicast"]
     matching = [r for r in routes if ip in _route_network(r.dst)]
     matching.sort(key=lambda r: (-int(r.dst.split("/")[1]), r.metric, r.proto != "kernel"))
     if not matching:
