@@ -21,6 +21,8 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -230,15 +232,26 @@ def client_main(argv: list[str]) -> None:
 def _client(host_ns: str, measure: str, urls: str, tls, count: int) -> object:
     argv = ["ip", "netns", "exec", host_ns, sys.executable, "-m", "bench.etcd", "--client", measure]
     argv += ["--urls", urls, "--ca", str(tls.ca), "--cert", str(tls.cert), "--key", str(tls.key), "--count", str(count)]
+    # a session of its own, killed whole on a timeout: the client's etcdctl goes with it
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+        start_new_session=True,
+    )
     try:
-        out = subprocess.run(
-            argv, capture_output=True, text=True, timeout=CLIENT_TIMEOUT, cwd=Path(__file__).resolve().parent.parent
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise BenchError(f"etcd client {measure} did not finish in {CLIENT_TIMEOUT:.0f}s") from exc
-    if out.returncode != 0:
-        raise BenchError(f"etcd client {measure} failed: {out.stderr.strip()[-3000:]}")
-    return json.loads(out.stdout)
+        stdout, stderr = proc.communicate(timeout=CLIENT_TIMEOUT)
+    except BaseException as exc:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        if isinstance(exc, subprocess.TimeoutExpired):
+            raise BenchError(f"etcd client {measure} did not finish in {CLIENT_TIMEOUT:.0f}s") from exc
+        raise
+    if proc.returncode != 0:
+        raise BenchError(f"etcd client {measure} failed: {stderr.strip()[-3000:]}")
+    return json.loads(stdout)
 
 
 def import_cost(module: str) -> float:
@@ -333,7 +346,7 @@ def run(ctx, results: dict) -> None:
     finally:
         rt.destroy(c)
         underlay.remove()
-        directory.parent.rmdir()
+        shutil.rmtree(directory.parent, ignore_errors=True)
 
 
 def cleanup(ctx) -> list[str]:

@@ -122,7 +122,7 @@ class Keeper:
                         raise ConnectionResetError("the member closed the keep-alive stream")
                     failures, delay = 0, settings.backoff_min
                 return
-            except (grpc.aio.AioRpcError, ConnectionResetError, asyncio.InvalidStateError) as exc:
+            except (grpc.aio.AioRpcError, ConnectionResetError) as exc:
                 reason = describe(exc) if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
                 log.info("lease keep-alive on %s broke (%s): reopening", self.members.endpoints[index], reason)
             finally:

@@ -14,6 +14,7 @@ do, so a dead cluster never turns this into a hot loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -61,10 +62,11 @@ class Watch:
             self.streams_opened += 1
             try:
                 await call.write(self._create())
-                async for batch in self._responses(call, settings.attempt_timeout):
-                    failures, delay = 0, settings.backoff_min
-                    self.next_revision = batch[-1].revision + 1
-                    yield batch
+                async with contextlib.aclosing(self._responses(call, settings.attempt_timeout)) as responses:
+                    async for batch in responses:
+                        failures, delay = 0, settings.backoff_min
+                        self.next_revision = batch[-1].revision + 1
+                        yield batch
             except grpc.aio.AioRpcError as exc:
                 if classify(exc.code().name, exc.details() or "") is not Kind.TRANSIENT:
                     raise mapped(exc, f"watch {self.prefix}", revision=self.next_revision) from exc

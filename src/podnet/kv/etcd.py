@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import grpc.aio
 from aetcd import rpc
 
 from podnet.kv import _proto
@@ -173,8 +174,12 @@ class EtcdStore:
         request = rpc.CompactionRequest(revision=revision, physical=True)
         await self.members.call(f"compact {revision}", lambda ch, t: rpc.KVStub(ch).Compact(request, timeout=t))
 
-    async def member_status(self, index: int) -> rpc.StatusResponse:
-        """The Status of one member (no failover: the question is about that member)."""
-        return await rpc.MaintenanceStub(self.members.channel(index)).Status(
-            rpc.StatusRequest(), timeout=self.members.settings.attempt_timeout
-        )
+    async def member_status(self, index: int) -> rpc.StatusResponse | None:
+        """The Status of one member, None when it does not answer (no failover: the question
+        is about that member)."""
+        try:
+            return await rpc.MaintenanceStub(self.members.channel(index)).Status(
+                rpc.StatusRequest(), timeout=self.members.settings.attempt_timeout
+            )
+        except grpc.aio.AioRpcError:
+            return None

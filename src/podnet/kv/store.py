@@ -8,7 +8,7 @@ anything that only needs this interface imports this module, not gRPC.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterable, Sequence
 from typing import Protocol
 
 from podnet.kv.model import Claim, Compare, Event, KeyValue, Lease, Listing, Operation, TxnResult
@@ -32,7 +32,7 @@ class Store(Protocol):
         """Every key under ``prefix`` as of ``revision`` (0: now). Raises Compacted."""
         ...
 
-    def watch(self, prefix: str, start_revision: int) -> AsyncIterator[list[Event]]:
+    def watch(self, prefix: str, start_revision: int) -> AsyncIterable[list[Event]]:
         """Batches of events under ``prefix`` from ``start_revision`` (inclusive), across
         disconnects; raises Compacted (once) when that history is gone."""
         ...

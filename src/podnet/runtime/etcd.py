@@ -329,10 +329,9 @@ async def _healthy(c: EtcdCluster, names: list[str], started: dict[str, subproce
                 m = c.member(name)
                 if name in started and started[name].poll() is not None:
                     raise EtcdError(f"etcd member {name} exited during start: {_tail(logfile(c, m))}")
-                with contextlib.suppress(Exception):  # not listening yet, no leader yet
-                    status = await store.member_status(index[name])
-                    if status.leader:
-                        waiting.discard(name)
+                status = await store.member_status(index[name])  # None: not listening yet
+                if status is not None and status.leader:
+                    waiting.discard(name)
             if waiting and time.monotonic() > deadline:
                 raise EtcdError(
                     f"etcd members {', '.join(sorted(waiting))} not healthy after {START_TIMEOUT:.0f}s; see {c.directory}/*.log"
