@@ -8,8 +8,10 @@ PODNET := $(VENV)/bin/podnet
 DEMO_PACKAGES := python3 python3-venv iproute2 nftables conntrack procps kmod curl netcat-openbsd dnsutils \
 	iputils-ping bird2 graphviz
 # What only the tests and benchmarks use: a real container runtime for the CNI plugin, the
-# reference CNI plugins and iptables as baselines, iperf3 and tcpdump.
-TEST_PACKAGES := iptables tcpdump iperf3 containernetworking-plugins podman runc conmon busybox-static
+# reference CNI plugins and iptables as baselines, iperf3 and tcpdump, etcd for the store of the
+# distributed mode (members run in namespaces; see no_host_etcd).
+TEST_PACKAGES := iptables tcpdump iperf3 containernetworking-plugins podman runc conmon busybox-static \
+	etcd-server etcd-client
 export PODNET_STATE_DIR ?= /var/lib/podnet
 LINK := /usr/local/bin/podnet
 
@@ -21,10 +23,23 @@ define apt_install
 	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
+		case " $$missing " in *" etcd-server "*) $(no_host_etcd);; esac; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 	@[ -e /proc/sys/net/bridge/bridge-nf-call-iptables ] || modprobe br_netfilter
 endef
+
+# Debian's etcd-server enables and starts etcd.service, a member listening on the host's
+# localhost:2379. podnet runs its own members inside namespaces only, so before the package is
+# installed its unit is masked (neither the install nor a boot starts it; `systemctl unmask
+# etcd` undoes it), and where no policy-rc.d exists one refuses etcd's start for the duration of
+# the install (hosts without systemd).
+no_host_etcd = mkdir -p /etc/systemd/system; \
+	[ -e /etc/systemd/system/etcd.service ] || ln -s /dev/null /etc/systemd/system/etcd.service; \
+	if [ ! -e /usr/sbin/policy-rc.d ]; then \
+		printf '\043!/bin/sh\nfor a; do case "$$a" in etcd|etcd.service) exit 101;; esac; done\nexit 0\n' >/usr/sbin/policy-rc.d; \
+		chmod 755 /usr/sbin/policy-rc.d; trap 'rm -f /usr/sbin/policy-rc.d' EXIT; \
+	fi
 
 deps:
 	$(call apt_install,$(DEMO_PACKAGES))

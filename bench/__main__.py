@@ -22,7 +22,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from bench import bgp, cni, dns, nsutil, pods, policy, services, throughput
+from bench import bgp, cni, dns, etcd, nsutil, pods, policy, services, throughput
 from bench import trace as trace_suite
 from bench.nsutil import BenchError
 
@@ -44,6 +44,7 @@ SUITES: dict[str, tuple[Callable, Callable, Callable]] = {
     "throughput": (throughput.run, throughput.cleanup, throughput.render),
     "bgp": (bgp.run, bgp.cleanup, bgp.render),
     "trace": (trace_suite.run, trace_suite.cleanup, trace_suite.render),
+    "etcd": (etcd.run, etcd.cleanup, etcd.render),
 }
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 REQUIRED = ("ip", "bash", "sysctl", f"{pods.CNI_DIR}/bridge", f"{pods.CNI_DIR}/host-local")
