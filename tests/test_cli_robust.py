@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,11 @@ def test_help_lists_the_commands_a_user_runs_and_hides_the_daemons() -> None:
     assert "netexec-daemon" not in out and "dns-daemon" not in out
     for command in ("up", "down", "status", "exec", "trace", "probe", "diagram", "routes", "fault"):
         assert f"    {command} " in out, command
+
+
+def test_the_podnet_command_starts_at_the_entry_point_that_handles_ctrl_c() -> None:
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["podnet"] == "podnet.__main__:main"
 
 
 def test_version() -> None:

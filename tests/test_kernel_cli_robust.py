@@ -195,6 +195,20 @@ def test_every_command_against_a_damaged_state_file_says_one_line(running: Runni
     assert json.loads(running.cli("up", "--dry-run", "-o", "json", str(running.file)).stdout)["details"] == before
 
 
+def test_a_first_up_that_cannot_save_its_state_leaves_nothing(running: Running, tmp_path: Path) -> None:
+    root = Path(running.env["PODNET_STATE_DIR"])
+    name = unique_name("r")
+    file = tmp_path / "new.yaml"
+    file.write_text(cluster_yaml(name, pods=_pods("a")))
+    _full(running, root / running.name / "state.db")
+    try:
+        said = one_line_error(running.cli("up", str(file)))
+    finally:
+        (root / "filler").unlink()
+    assert "the disk is full" in said or "no space left" in said, said
+    assert _gone(name) == [] and not (root / name).exists()
+
+
 def test_down_removes_a_cluster_whose_state_is_damaged(tmp_path: Path) -> None:
     root = tmp_path / "state"
     with _cluster(root, tmp_path, _pods("a")) as c:

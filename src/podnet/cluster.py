@@ -250,7 +250,7 @@ def down_all(on_wait: Callable[[], None] | None = None) -> list[DownResult]:
     owns whose state was lost. Clusters of other state directories are theirs to remove."""
     results = []
     for c in clusters():
-        if not c["mine"]:
+        if not c["here"]:
             continue
         try:
             results.append(down(c["name"], on_wait))
@@ -322,7 +322,7 @@ def clusters() -> list[dict]:
                 "state": ("up" if running[name] else "down") if held else "state lost",
                 "namespaces": running[name],
                 "state_dir": str(root) if root else None,
-                "mine": root is not None and store.same_dir(root, here),
+                "here": root is not None and store.same_dir(root, here),
                 **_sizes(name, root if held else None),
             }
         )
