@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from podnet import cluster as usecases
-from podnet import names
+from podnet import names, store
 from podnet.kernel import netns, nftcache
 from podnet.runtime import bird, process
 
@@ -95,6 +95,16 @@ def run_cli(
     return proc
 
 
+def one_line_error(proc: subprocess.CompletedProcess) -> str:
+    """The one line a failed command printed (exit 1 or 2, no traceback, nothing else on stderr)."""
+    assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode in (1, 2) and len(lines) == 1 and lines[0].startswith("error: "), (
+        f"exit {proc.returncode}:\n{proc.stderr}"
+    )
+    return lines[0]
+
+
 def leftovers(name: str) -> list[str]:
     """Everything of cluster ``name`` that still exists on this machine."""
     found = [f"netns {n}" for n in netns.list_prefixed(names.cluster_prefix(name))]
@@ -105,6 +115,7 @@ def leftovers(name: str) -> list[str]:
     state = Path(os.environ["PODNET_STATE_DIR"]) / name
     if state.exists():
         found.append(f"state dir {state}")
+    found += [f"claim {p}" for p in (store.owner_file(name), store.lock_file(name)) if p.exists()]
     return found
 
 

@@ -14,7 +14,7 @@ def add_commands(sub) -> None:
     p.add_argument("-c", "--cluster", help="cluster name (may be left out when only one exists)")
     p.add_argument("where", help="a NODE or ROUTER")
     p.add_argument("-o", "--output", choices=["table", "json"], default="table", help="output format")
-    p.set_defaults(func=cmd_routes)
+    p.set_defaults(func=cmd_routes, root=True)
 
     p = sub.add_parser(
         "fault",
@@ -32,7 +32,7 @@ def add_commands(sub) -> None:
         help="link down: drop frames but keep the link up (a gray failure, found by BFD rather than by carrier loss)",
     )
     p.add_argument("-o", "--output", choices=["table", "json"], default="table", help="output format")
-    p.set_defaults(func=cmd_fault)
+    p.set_defaults(func=cmd_fault, root=True)
 
 
 def cmd_fault(args: argparse.Namespace) -> int:

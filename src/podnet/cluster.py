@@ -12,11 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from podnet import names
-from podnet.errors import UsageError
+from podnet import names, store
+from podnet.errors import OwnershipError, PodnetError, StateError, UsageError
 from podnet.kernel import netns, nftcache
 from podnet.plan import Plan, plan
+from podnet.plan.ipam import Allocations
 from podnet.reconcile import Change, diff
+from podnet.recover import Recovery, recover, recover_slots
 from podnet.runtime import bird, process
 from podnet.spec import Spec, load_file, load_text
 from podnet.state import State
@@ -29,6 +31,11 @@ if TYPE_CHECKING:
 # `exec` do not need it, and it is a third of the CLI's start-up time.
 
 ProgressStart = Callable[[int], Callable[[int], None]]
+Warn = Callable[[str], None]
+
+
+def _ignore(_: str) -> None:
+    """Where warnings go when the caller listens for none."""
 
 
 @dataclass
@@ -36,6 +43,7 @@ class UpResult:
     cluster: str
     changes: list[Change]
     dry_run: bool
+    recovered: Recovery | None = None  # the state was lost: allocations read back from the kernel
 
     def to_json(self) -> dict:
         return {
@@ -44,6 +52,7 @@ class UpResult:
             "dry_run": self.dry_run,
             "summary": dict(sorted(Counter(c.op for c in self.changes).items())),
             "details": [c.describe() for c in self.changes],
+            "recovered": self.recovered.counts() if self.recovered else None,
         }
 
 
@@ -69,6 +78,7 @@ def up(
     dry_run: bool = False,
     on_wait: Callable[[], None] | None = None,
     progress: ProgressStart | None = None,
+    warn: Warn = _ignore,
 ) -> UpResult:
     spec = load_file(file)
     text = Path(file).read_text()
@@ -77,16 +87,19 @@ def up(
     # the lock or the store create anything.
     previous = _previous_allocations(cluster)
     p = plan(spec, previous)
+    store.check_owner(cluster)
     if dry_run:
+        p, recovered = _recovered(spec, cluster, previous, p, warn)
         observed, extra = observe_cluster(cluster, p.state)
-        return UpResult(cluster, diff(p.state, observed, extra), True)
+        return UpResult(cluster, diff(p.state, observed, extra), True, recovered)
     with cluster_lock(cluster, on_wait=on_wait):
+        store.check_owner(cluster)  # another state directory may have claimed it while this one waited
         if (current := _previous_allocations(cluster)) != previous:
+            previous = current
             p = plan(spec, current)  # another command changed them while this one waited
-        store = Store(cluster)
+        p, recovered = _recovered(spec, cluster, previous, p, warn)
+        state = _save(cluster, p.allocations, text, str(Path(file).resolve()))
         try:
-            # Allocations first: a crash from here on replans the very same addresses.
-            store.save(p.allocations, text, str(Path(file).resolve()))
             from podnet.kernel.apply import apply
             from podnet.kernel.netlink import Sessions
 
@@ -96,18 +109,68 @@ def up(
                 tick = progress(len(changes)) if progress and changes else None
                 apply(changes, sessions, _process_handler(cluster, p), tick)
         finally:
-            store.close()
-    return UpResult(cluster, changes, False)
+            state.close()
+    return UpResult(cluster, changes, False, recovered)
 
 
-def _previous_allocations(cluster: str) -> dict:
-    if not (cluster_dir(cluster) / "state.db").exists():
-        return {}
-    store = Store(cluster, create=False)
+def _save(cluster: str, allocations: Allocations, text: str, file: str) -> Store:
+    """Claim the name and save the allocations, before any kernel change: a crash from here on
+    replans the very same addresses. A first ``up`` that cannot save leaves nothing behind."""
+    fresh, claimed = not cluster_dir(cluster).exists(), store.owns(cluster)
+    store.claim(cluster)
     try:
-        return store.allocations()
+        state = Store.writer(cluster)
+        try:
+            state.save(allocations, text, file)
+        except BaseException:
+            state.close()
+            raise
+    except StateError:
+        if fresh:
+            shutil.rmtree(cluster_dir(cluster), ignore_errors=True)
+        if not claimed:
+            store.disown(cluster)
+        raise
+    return state
+
+
+def _recovered(spec: Spec, cluster: str, previous: Allocations, p: Plan, warn: Warn) -> tuple[Plan, Recovery | None]:
+    """With no allocations stored but the cluster's namespaces present, the ones they hold.
+
+    Without this, a lost state file would plan afresh and move running pods to other nodes and
+    addresses (``recover`` says what is read back, and what cannot be).
+    """
+    if previous or not netns.list_prefixed(names.cluster_prefix(cluster)):
+        return p, None
+    observed, _ = observe_cluster(cluster, p.state)
+    recovered = recover(p.topology, observed)
+    # The endpoint slots are found by the endpoints they hold: planned with the pods' own addresses.
+    recovered = recovered.with_slots(recover_slots(plan(spec, recovered.allocations).topology, observed))
+    warn(
+        f"the state of cluster {cluster!r} was lost ({store.state_file(cluster)}): "
+        f"recovered {recovered.summary() or 'nothing'} from its namespaces"
+    )
+    return plan(spec, recovered.allocations), recovered
+
+
+def _previous_allocations(cluster: str, root: Path | None = None) -> Allocations:
+    state = Store.reader(cluster, root)
+    if state is None:
+        return {}
+    try:
+        return state.allocations()
     finally:
-        store.close()
+        state.close()
+
+
+def _planned_allocations(cluster: str, warn: Warn) -> Allocations:
+    """The allocations a plan of FILE (``trace -f``, ``diagram -f``) uses: the running cluster's
+    when they can be read, else none, said in one line (no root is needed to plan)."""
+    try:
+        return _previous_allocations(cluster)
+    except StateError as exc:
+        warn(f"{exc}; planned afresh, so addresses may differ from the running cluster's")
+        return {}
 
 
 def _process_handler(cluster: str, p: Plan) -> Callable[[Change], None]:
@@ -137,6 +200,7 @@ class DownResult:
     namespaces: int
     processes: int
     state_removed: bool
+    error: str | None = None  # what could not be removed: the command then fails
 
     def to_json(self) -> dict:
         return {
@@ -144,6 +208,7 @@ class DownResult:
             "namespaces": self.namespaces,
             "processes": self.processes,
             "state_removed": self.state_removed,
+            "error": self.error,
         }
 
 
@@ -151,6 +216,7 @@ def down(cluster: str, on_wait: Callable[[], None] | None = None) -> DownResult:
     """Remove everything of the cluster, found by name: works with the state file gone."""
     names.check_cluster_name(cluster)
     with cluster_lock(cluster, on_wait=on_wait):
+        store.check_owner(cluster)
         state_dir = cluster_dir(cluster)
         stopped = bird.stop(state_dir if state_dir.exists() else None, cluster)
         stopped += process.stop(state_dir if state_dir.exists() else None, cluster)
@@ -161,10 +227,36 @@ def down(cluster: str, on_wait: Callable[[], None] | None = None) -> DownResult:
             netns.remove_etc(name)  # left by a crash between deleting a namespace and its directory
         nftcache.forget_prefixed(names.cluster_prefix(cluster))  # what podnet wrote to their tables
         existed = state_dir.exists()
-        shutil.rmtree(state_dir, ignore_errors=True)
-        # Removed while held: a command waiting on it notices and locks the new file instead.
-        (state_dir.parent / f".{cluster}.lock").unlink(missing_ok=True)
-    return DownResult(cluster, len(present), stopped, existed)
+        error = _remove_tree(state_dir)
+        if error is None:
+            store.disown(cluster)  # the state is gone: so is the claim on the name
+    return DownResult(cluster, len(present), stopped, existed and error is None, error)
+
+
+def _remove_tree(path: Path) -> str | None:
+    """Remove a directory and everything in it; the first failure, said in one line."""
+    failures: list[tuple[str, BaseException]] = []
+    shutil.rmtree(path, onerror=lambda _fn, where, info: failures.append((where, info[1])))
+    failures = [(where, exc) for where, exc in failures if not isinstance(exc, FileNotFoundError)]
+    if not failures:
+        return None
+    where, exc = failures[0]
+    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return f"could not remove its state: {where}: {reason}"
+
+
+def down_all(on_wait: Callable[[], None] | None = None) -> list[DownResult]:
+    """``down`` every cluster of this state directory: those it holds state for, and those it
+    owns whose state was lost. Clusters of other state directories are theirs to remove."""
+    results = []
+    for c in clusters():
+        if not c["here"]:
+            continue
+        try:
+            results.append(down(c["name"], on_wait))
+        except PodnetError as exc:  # refused (another state directory took it meanwhile): say so, go on
+            results.append(DownResult(c["name"], 0, 0, False, str(exc)))
+    return results
 
 
 def resolve_cluster(name: str | None) -> str:
@@ -181,17 +273,84 @@ def resolve_cluster(name: str | None) -> str:
 
 def load_applied(cluster: str) -> tuple[Spec, Plan]:
     """The spec the cluster was last brought up with, planned again with its allocations."""
-    if not (cluster_dir(cluster) / "state.db").exists():
-        raise UsageError(f"cluster {cluster!r} does not exist (no state in {cluster_dir(cluster)})")
-    store = Store(cluster, create=False)
+    state = Store.reader(cluster)
+    if state is None:
+        raise _missing(cluster)
     try:
-        text = store.get_meta("spec") or ""
-        file = store.get_meta("spec_file") or "<applied spec>"
-        allocations = store.allocations()
+        text = state.get_meta("spec")
+        file = state.get_meta("spec_file") or "<applied spec>"
+        allocations = state.allocations()
     finally:
-        store.close()
+        state.close()
+    if not text:
+        raise _missing(cluster)
     spec = load_text(text, file)
     return spec, plan(spec, allocations)
+
+
+def _missing(cluster: str) -> PodnetError:
+    """Why a cluster has no state here: it is another state directory's, its state was lost, or it does not exist."""
+    other = store.foreign_owner(cluster)
+    if other is not None:
+        return OwnershipError(
+            f"cluster {cluster!r} is not in {store.state_root()}: it belongs to the state directory {other} "
+            f"(run podnet with PODNET_STATE_DIR={other})"
+        )
+    running = netns.list_prefixed(names.cluster_prefix(cluster))
+    if running:
+        return StateError(
+            f"cluster {cluster!r} is running ({len(running)} namespaces) but its state is lost "
+            f"(no {store.state_file(cluster)}): run 'podnet up FILE' to recover its allocations from the "
+            f"kernel, or 'podnet down -c {cluster}' to remove it"
+        )
+    return UsageError(f"cluster {cluster!r} does not exist (no state in {cluster_dir(cluster)})")
+
+
+def clusters() -> list[dict]:
+    """Every cluster this machine knows of: with state here, claimed by a state directory, or
+    running (its namespaces exist), each with where its state is and whether it is lost."""
+    here = store.state_root()
+    running = Counter(
+        c for c in (names.cluster_of_netns(n) for n in netns.list_prefixed(names.PREFIX)) if c is not None
+    )
+    listed = []
+    for name in sorted(set(known_clusters()) | set(running) | set(store.claimed())):
+        root, held = _where(name, here)
+        listed.append(
+            {
+                "name": name,
+                "state": ("up" if running[name] else "down") if held else "state lost",
+                "namespaces": running[name],
+                "state_dir": str(root) if root else None,
+                "here": root is not None and store.same_dir(root, here),
+                **_sizes(name, root if held else None),
+            }
+        )
+    return listed
+
+
+def _where(cluster: str, here: Path) -> tuple[Path | None, bool]:
+    """The state directory of a cluster (its owner's, else this one), and whether it holds the
+    state (one this user may not look into does, as far as anyone can tell)."""
+    owner = store.owner(cluster)
+    for root in dict.fromkeys(r for r in (owner, here) if r is not None):
+        try:
+            if store.has_state(cluster, root):
+                return root, True
+        except StateError:
+            return root, True
+    return owner, False
+
+
+def _sizes(cluster: str, root: Path | None) -> dict:
+    """Nodes and pods of a cluster from its allocations (None where they cannot be read)."""
+    try:
+        allocations = _previous_allocations(cluster, root) if root is not None else None
+    except StateError:
+        allocations = None
+    if allocations is None:
+        return {"nodes": None, "pods": None}
+    return {"nodes": len(allocations.get("node_cidr", {})), "pods": len(allocations.get("pod_ip", {}))}
 
 
 def status(cluster: str) -> dict:
@@ -314,6 +473,7 @@ def trace(
     file: str | None = None,
     verify: bool = False,
     cold: bool = False,
+    warn: Warn = _ignore,
 ):
     """Trace a packet through the planned state of FILE, or the observed state of a running cluster.
 
@@ -330,7 +490,7 @@ def trace(
         if verify:
             raise UsageError("--verify sends real packets: it needs a running cluster (-c NAME), not a file")
         spec = load_file(file)
-        p = plan(spec, _previous_allocations(spec.cluster.name))
+        p = plan(spec, _planned_allocations(spec.cluster.name, warn))
         # backend bgp: the plan has no pod routes; trace with those BIRD will install (proto bird).
         tracers = [Tracer(with_expected_routes(p.state, p.bgp), p.topology, p.state, p.dns_config, mode="planned")]
         drift: list[str] = []
@@ -365,6 +525,7 @@ def diagram(
     path: tuple[str, str] | None = None,
     proto: str = "tcp",
     port: int | None = None,
+    warn: Warn = _ignore,
 ) -> str:
     """The cluster as Graphviz dot text: the plan of FILE or of a running cluster, a trace over it.
 
@@ -375,11 +536,11 @@ def diagram(
 
     if file is not None:
         spec = load_file(file)
-        p = plan(spec, _previous_allocations(spec.cluster.name))
+        p = plan(spec, _planned_allocations(spec.cluster.name, warn))
     else:
         cluster = resolve_cluster(cluster)
         _, p = load_applied(cluster)
     result = None
     if path is not None:
-        result = trace(path[0], path[1], proto, port, cluster=None if file else cluster, file=file)
+        result = trace(path[0], path[1], proto, port, cluster=None if file else cluster, file=file, warn=_ignore)
     return drawing.to_dot(p.topology, p.state, result)

@@ -7,6 +7,9 @@ Lower-level errors are chained with ``raise ... from`` so the cause is never los
 
 from __future__ import annotations
 
+import errno
+import resource
+
 
 class PodnetError(Exception):
     """Base of every error podnet raises on purpose."""
@@ -46,3 +49,47 @@ class KernelError(PodnetError):
 
 class BirdError(PodnetError):
     """A BIRD daemon did not start, refused its configuration, or does not answer."""
+
+
+class StateError(PodnetError):
+    """A cluster's state file cannot be read or written: damaged, unreadable, read-only, a full
+    disk. Nothing of the cluster has been changed when this is raised."""
+
+
+class OwnershipError(PodnetError):
+    """The cluster name belongs to another state directory on this machine (namespaces are
+    machine-wide, state directories are not)."""
+
+
+OUT_OF_FILES = (errno.EMFILE, errno.ENFILE)
+
+
+def open_files_advice() -> str:
+    """What to say when the process ran out of file descriptors."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return (
+        f"this process may hold {soft} open files (hard limit {hard}): raise the hard limit "
+        "(ulimit -Hn, systemd's LimitNOFILE=) and run again"
+    )
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for an OSError that escaped a command: what failed, and what a user can do."""
+    where = f": {exc.filename}" if exc.filename else ""
+    if exc.errno in OUT_OF_FILES:
+        return f"too many open files; {open_files_advice()}"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"permission denied{where} (podnet changes network namespaces: run it as root)"
+    if exc.errno == errno.ENOSPC:
+        return f"no space left on the device{where}"
+    return f"{exc.strerror or exc}{where}"
+
+
+def out_of_files(exc: BaseException) -> bool:
+    """Whether an error was raised from (``raise ... from``) running out of file descriptors."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.errno in OUT_OF_FILES:
+            return True
+        cause = cause.__cause__
+    return False

@@ -19,6 +19,14 @@ def cluster_prefix(cluster: str) -> str:
     return f"{PREFIX}{cluster}_"
 
 
+def cluster_of_netns(name: str) -> str | None:
+    """The cluster a namespace podnet named belongs to (None for a name podnet does not give)."""
+    if not name.startswith(PREFIX):
+        return None
+    cluster, sep, rest = name[len(PREFIX) :].partition("_")
+    return cluster if sep and cluster and rest else None
+
+
 def node_netns(cluster: str, node: str) -> str:
     return f"{PREFIX}{cluster}_{node}"
 

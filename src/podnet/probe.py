@@ -27,7 +27,6 @@ import fnmatch
 import os
 import random
 import re
-import resource
 import selectors
 import socket
 import struct
@@ -36,6 +35,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from podnet import fdlimit
 from podnet.errors import UsageError
 from podnet.kernel import netns
 from podnet.plan import policy
@@ -140,23 +140,18 @@ class PortCursor:
                 tmp.replace(self.path)
 
 
-def _raise_fd_limit(wanted: int) -> int:
-    """Let this process hold ``wanted`` more descriptors if it may; returns how many it can hold."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = wanted + 128
-    if soft != resource.RLIM_INFINITY and soft < want:
-        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
-        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    return wanted if soft == resource.RLIM_INFINITY else max(64, soft - 128)
+def _batch_size(wanted: int) -> int:
+    """How many of ``wanted`` checks may be in flight at once: a socket each, within the open-files limit."""
+    fdlimit.raise_to_hard()
+    soft = fdlimit.available()
+    return wanted if soft is None else max(64, soft - 128)
 
 
 def run_checks(checks: list[Check], timeout: float = DEFAULT_TIMEOUT, cursor: PortCursor | None = None) -> list[str]:
     """Run every check at once; the outcome of each, in order: connected, answered, refused,
     timeout, unreachable, or ``error: ...``."""
     cursor = cursor or PortCursor(None)
-    batch = _raise_fd_limit(len(checks))
+    batch = _batch_size(len(checks))
     outcomes: list[str] = []
     for start in range(0, len(checks), batch):
         outcomes += _run_batch(checks[start : start + batch], timeout, cursor)
