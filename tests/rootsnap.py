@@ -26,6 +26,13 @@ def _without_counters(text: str) -> str:
     return re.sub(r"\[\d+:\d+\]", "[0:0]", "\n".join(line for line in text.splitlines() if not line.startswith("#")))
 
 
+def _foreign_namespaces() -> str:
+    """The namespaces that are not podnet's. podnet's own are checked per cluster by the
+    tests' leftovers check; other clusters (another checkout's test run) come and go here."""
+    names = (line.split()[0] for line in _run("ip", "netns", "list").splitlines() if line.strip())
+    return "\n".join(sorted(n for n in names if not n.startswith(("podnet_", "podnet-"))))
+
+
 def snapshot() -> dict[str, str]:
     sysctls = {}
     for key in SYSCTLS:
@@ -43,7 +50,7 @@ def snapshot() -> dict[str, str]:
         "nft": _run("nft", "list", "ruleset"),
         "iptables": _without_counters(_run("iptables-save")),
         "sysctls": repr(sysctls),
-        "netns": "\n".join(sorted(_run("ip", "netns", "list").split("\n"))),
+        "netns": _foreign_namespaces(),
     }
 
 
