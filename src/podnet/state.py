@@ -78,6 +78,8 @@ class Route:
     table: int = MAIN_TABLE
     metric: int = 0
     proto: str = "static"
+    kind: str = "unicast"  # unicast | local (delivered to this namespace: a node's service CIDR)
+    prefsrc: str | None = None  # the source address of locally generated packets it carries
 
     @property
     def key(self) -> tuple[int, str, int]:

@@ -37,7 +37,7 @@ from pyroute2.netlink.rtnl.rtmsg import rtmsg
 from podnet.errors import KernelError
 from podnet.kernel import conntrack, netns, nft, nftcache
 from podnet.kernel.netlink import Sessions
-from podnet.kernel.observe import PROTO_NUMBER
+from podnet.kernel.observe import PROTO_NUMBER, RTN_TYPE
 from podnet.reconcile import Change
 from podnet.state import Address, Fdb, Link, Neighbour, Route
 
@@ -47,6 +47,7 @@ IFF_UP = 0x1
 NUD_PERMANENT = 0x80
 NTF_SELF = 0x02
 RTNH_F_ONLINK = 0x04
+RT_SCOPE_HOST = 254
 AF_BRIDGE = 7
 # Deleting something already gone is success: the goal state is reached.
 GONE = {errno.ENOENT, errno.ESRCH, errno.ENODEV, errno.EADDRNOTAVAIL, errno.EINVAL}
@@ -324,11 +325,13 @@ def _route_msg(msg_type: int, flags: int, route: Route, s):
     msg["dst_len"] = int(dst_len)
     msg["table"] = route.table if route.table < 256 else 252
     msg["proto"] = PROTO_NUMBER.get(route.proto, 4)
-    msg["scope"] = 0
-    msg["type"] = 1
+    msg["scope"] = RT_SCOPE_HOST if route.kind == "local" else 0
+    msg["type"] = RTN_TYPE[route.kind]
     attrs: list = [("RTA_TABLE", route.table)]
     if int(dst_len):
         attrs.append(("RTA_DST", dst))
+    if route.prefsrc:
+        attrs.append(("RTA_PREFSRC", route.prefsrc))
     if route.metric:
         attrs.append(("RTA_PRIORITY", route.metric))
     if len(route.nexthops) == 1:

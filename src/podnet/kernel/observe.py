@@ -23,8 +23,9 @@ IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_SLAVE_KIND, IFLA_INFO_SLAVE_DATA = 1, 
 IFLA_BRPORT_MODE = 4  # hairpin
 IFLA_VXLAN_ID, IFLA_VXLAN_LOCAL, IFLA_VXLAN_LEARNING, IFLA_VXLAN_PORT = 1, 4, 7, 15
 IFA_ADDRESS = 1
-RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_MULTIPATH, RTA_TABLE = 1, 4, 5, 6, 9, 15
-RTN_UNICAST = 1
+RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_PREFSRC, RTA_MULTIPATH, RTA_TABLE = 1, 4, 5, 6, 7, 9, 15
+RTN_TYPE = {"unicast": 1, "local": 2}  # the route types podnet plans (Route.kind)
+RTN_KIND = {v: k for k, v in RTN_TYPE.items()}
 NDA_DST, NDA_LLADDR = 1, 2
 RTPROT = {2: "kernel", 3: "boot", 4: "static", 12: "bird", 186: "bgp"}
 PROTO_NUMBER = {v: k for k, v in RTPROT.items()}
@@ -147,10 +148,11 @@ def _link(m: rtdump.Message, name: str, flags: int, by_index: dict[int, str]) ->
 
 
 def _route(m: rtdump.Message, by_index: dict[int, str]) -> Route | None:
-    """A route podnet may own; None for the kernel's own (local table, connected, not unicast)."""
+    """A route podnet may own; None for the kernel's own (local table, connected, neither
+    unicast nor local)."""
     _, dst_len, _, _, table8, proto, _, kind, flags = m.header
     table = rtdump.u32(m.attrs.get(RTA_TABLE)) or table8
-    if table == LOCAL_TABLE or proto == PROTO_NUMBER["kernel"] or kind != RTN_UNICAST:
+    if table == LOCAL_TABLE or proto == PROTO_NUMBER["kernel"] or kind not in RTN_KIND:
         return None
     dst = rtdump.ipv4(m.attrs.get(RTA_DST)) or "0.0.0.0"
     if RTA_MULTIPATH in m.attrs:
@@ -176,6 +178,8 @@ def _route(m: rtdump.Message, by_index: dict[int, str]) -> Route | None:
         table=table,
         metric=rtdump.u32(m.attrs.get(RTA_PRIORITY)) or 0,
         proto=RTPROT.get(proto, str(proto)),
+        kind=RTN_KIND[kind],
+        prefsrc=rtdump.ipv4(m.attrs.get(RTA_PREFSRC)),
     )
 
 

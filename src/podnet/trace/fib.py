@@ -33,7 +33,7 @@ class Decision:
             }
 
         return {
-            "table": "main" if self.kind != "local" else "local",
+            "table": "local" if self.kind == "local" and self.route is None else "main",
             "candidates": [describe(r) for r in self.candidates],
             "chosen": describe(self.route) if self.route else None,
             "ecmp": [{"gateway": h.gateway, "dev": h.dev} for h in self.route.nexthops]
@@ -102,6 +102,9 @@ def lookup(ns: NetnsState, dst: str, flow: tuple) -> Decision:
         reason = f"/{prefix} is the longest prefix containing {dst} (beats {beaten})"
     else:
         reason = f"/{prefix} is the only route containing {dst}"
+    if best.kind == "local":
+        reason += ": a local route, delivered to this namespace"
+        return Decision("local", best, tuple(matching), NextHop(None, "lo"), reason)
     hops = best.nexthops
     nexthop = hops[flow_hash(*flow) % len(hops)] if len(hops) > 1 else hops[0]
     if len(hops) > 1:

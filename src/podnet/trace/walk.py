@@ -504,7 +504,7 @@ class Tracer:
 
     def _filtered(self, view, pkt: Packet, node_ip: str | None, hook: str, hop: Hop, result: TraceResult) -> bool:
         """podnet's filter chains (services without endpoints): True when they end the packet here."""
-        f = netfilter.filter_hook(view, pkt, node_ip)
+        f = netfilter.filter_hook(view, pkt, node_ip, hook)
         if not (f.refused or f.dropped):
             return False
         hop.netfilter.append(f"filter {hook}: {f.refused or f.dropped}")
