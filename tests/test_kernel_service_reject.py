@@ -10,6 +10,7 @@ still route the service CIDR, or the kernel answers ENETUNREACH before any rule 
 
 from __future__ import annotations
 
+import itertools
 import json
 import socket
 import sys
@@ -19,6 +20,7 @@ import pytest
 
 from podnet import cluster as usecases
 from podnet.kernel import netns
+from tests import sctp
 from tests.conftest import Cluster, assert_observed_equals_plan, leftovers, unique_name
 
 pytestmark = pytest.mark.root
@@ -97,7 +99,7 @@ spec:
   nodeName: node-2
   containers:
   - name: main
-    ports: [{{containerPort: 80}}, {{containerPort: 53, protocol: UDP}}]
+    ports: [{{containerPort: 80}}, {{containerPort: 53, protocol: UDP}}, {{containerPort: 9000, protocol: SCTP}}]
 ---
 apiVersion: v1
 kind: Service
@@ -105,7 +107,7 @@ metadata: {{name: nobody}}
 spec:
   clusterIP: {NOBODY}
   selector: {{app: none}}
-  ports: [{{name: http, port: 80}}, {{name: dns, port: 53, protocol: UDP}}]
+  ports: [{{name: http, port: 80}}, {{name: dns, port: 53, protocol: UDP}}, {{name: sig, port: 9000, protocol: SCTP}}]
 ---
 apiVersion: v1
 kind: Service
@@ -113,7 +115,7 @@ metadata: {{name: web}}
 spec:
   clusterIP: {WEB}
   selector: {{app: web}}
-  ports: [{{name: http, port: 80}}, {{name: dns, port: 53, protocol: UDP}}]
+  ports: [{{name: http, port: 80}}, {{name: dns, port: 53, protocol: UDP}}, {{name: sig, port: 9000, protocol: SCTP}}]
 """
 
 
@@ -165,3 +167,24 @@ def test_service_addresses_nothing_serves_fail_as_kubernetes_says(topo: Cluster,
 
 def test_the_service_route_is_planned_and_observed(topo: Cluster) -> None:
     assert_observed_equals_plan(topo.name)
+
+
+SPORTS = itertools.count(30_000)
+
+
+@pytest.mark.parametrize("source", ["client", "node-1"])
+def test_sctp_to_a_service_without_endpoints_is_refused_and_with_one_dnated(topo: Cluster, source: str) -> None:
+    """No SCTP sockets here: raw INITs. No endpoints: ICMP port unreachable at once (nft's
+    reject); an endpoint: the INIT arrives there, DNATed."""
+    src = usecases.exec_target(topo.name, source)
+    server = usecases.exec_target(topo.name, "server")
+    sport = next(SPORTS)
+    with sctp.Receiver(src, socket.IPPROTO_ICMP) as errors:
+        sctp.send_init(src, NOBODY, 9000, sport)
+        refused = errors.wait_for(sport)  # an ICMP port unreachable about this INIT
+    assert refused is not None and (refused.dst, refused.dport) == (NOBODY, 9000)
+    sport = next(SPORTS)
+    with sctp.Receiver(server) as arrivals:
+        sctp.send_init(src, WEB, 9000, sport)
+        got = arrivals.wait_for(sport)
+    assert got is not None and (got.dst, got.dport) == (topo.pod("server")["ip"], 9000)

@@ -208,3 +208,13 @@ def test_service_addresses_on_a_node_without_a_default_route() -> None:
         assert nobody.verdict == "dropped" and "no service has it" in nobody.reason
         served = t.trace(source, rj.WEB, port=80)
         assert served.verdict == "delivered" and served.hops[-1].name == "default/server"
+
+
+def test_sctp_through_a_service_and_a_node_port() -> None:
+    vip = SVC.topo.services["shop/signal"].cluster_ip
+    r = SVC.trace("shop/shell", vip, proto="sctp", port=9000)
+    assert r.verdict == "delivered" and r.hops[-1].name in {"shop/web-1", "shop/web-2", "shop/web-3"}
+    assert "service shop/signal/sctp/9000: DNAT" in r.hops[1].nat
+    node_port = SVC.topo.services["shop/signal"].ports[0].node_port
+    r = SVC.trace("client", SVC.topo.nodes["node-2"].underlay_ip, proto="sctp", port=node_port)
+    assert r.verdict == "delivered" and any("NodePort" in (h.nat or "") for h in r.hops)

@@ -17,11 +17,14 @@ from podnet.trace.model import Packet
 
 PICK = re.compile(r"numgen random mod (\d+) offset (\d+) (?:map @(endpoints-\w+-\d+)|vmap @slots)")
 DNAT = re.compile(r"dnat to ([\d.]+):(\d+)")
-HOSTPORT = re.compile(r"ip daddr ([\d.]+) (tcp|udp) dport (\d+) dnat to ([\d.]+):(\d+)")
+HOSTPORT = re.compile(r"ip daddr ([\d.]+) (tcp|udp|sctp) dport (\d+) dnat to ([\d.]+):(\d+)")
 EGRESS = re.compile(r'ip saddr (\S+) ip daddr != \{ (\S+), (\S+) \} oifname != "(\S+)" masquerade')
 NODEPORTS = re.compile(r"ip daddr ([\d.]+) meta l4proto . th dport vmap @nodeports")
 SERVICE_CIDR = re.compile(r"ip daddr ([\d./]+) goto service-cidr")
 NO_ENDPOINT_NODEPORTS = re.compile(r"ip daddr ([\d.]+) meta l4proto . th dport vmap @no-endpoint-nodeports")
+
+
+PORT_PROTOCOLS = ("tcp", "udp", "sctp")  # what Services, NodePorts, hostPorts and policies match ports of
 
 
 @dataclass
@@ -120,7 +123,7 @@ def prerouting(
     view: TableView, pkt: Packet, flow: tuple, hook: str = "prerouting", choice: int | None = None
 ) -> NatResult:
     """nat prerouting (or output): Services, NodePorts, hostPorts."""
-    if pkt.proto not in ("tcp", "udp"):
+    if pkt.proto not in PORT_PROTOCOLS:
         return NatResult(pkt)
     key = f"{pkt.dst_ip} . {pkt.proto} . {pkt.dport}"
     target = view.lookup("services", key)
@@ -160,7 +163,7 @@ def filter_hook(view: TableView, pkt: Packet, node_ip: str | None, hook: str = "
         if m and ipaddress.IPv4Address(pkt.dst_ip) in ipaddress.IPv4Network(m.group(1)):
             return _service_cidr(view, pkt, m.group(1))
         m = NO_ENDPOINT_NODEPORTS.search(rule)
-        if m and m.group(1) == pkt.dst_ip == node_ip and pkt.proto in ("tcp", "udp"):
+        if m and m.group(1) == pkt.dst_ip == node_ip and pkt.proto in PORT_PROTOCOLS:
             verdict = view.lookup("no-endpoint-nodeports", f"{pkt.proto} . {pkt.dport}")
             if verdict == "drop":
                 return NatResult(

@@ -160,6 +160,8 @@ class Tracer:
         src_ns, src_ip = self.resolve_source(source)
         dst_ip, dns = self.resolve_destination(destination, src_ns)
         if port is None:
+            if proto == "sctp":
+                raise TraceError("--proto sctp needs a --port (SCTP has no usual one)")
             port = {"tcp": 80, "udp": 53}.get(proto, 0)
         sport = 0 if proto == "icmp" else 32768 + fib.flow_hash(src_ip, dst_ip, proto, port) % 28000
         pkt = Packet(src_ip, dst_ip, proto, sport, port if proto != "icmp" else 0)
@@ -517,7 +519,7 @@ class Tracer:
         """NetworkPolicy in the forward hook of the node that holds either end: egress of a
         local source, ingress of a local destination (after DNAT). Replies are never judged:
         conntrack lets established connections through."""
-        if not self.topo.policies or pkt.proto not in ("tcp", "udp"):
+        if not self.topo.policies or pkt.proto not in netfilter.PORT_PROTOCOLS:
             return False
         node = next((n for n in self.topo.nodes.values() if n.netns == ns.name), None)
         if node is None:
