@@ -105,8 +105,9 @@ def test_hairpin_a_pod_reaching_itself_through_its_service(svc: Cluster) -> None
 
 def test_service_without_endpoints_rejects_at_once(svc: Cluster) -> None:
     vip = service(svc, "nobody")["cluster_ip"]
-    proc = svc.exec("shop/shell", "curl", "-s", "--max-time", "5", f"http://{vip}/")
-    assert proc.returncode == 7  # "failed to connect": refused with a reset, not timed out (28)
+    proc = svc.exec("shop/shell", "curl", "-sv", "--max-time", "5", f"http://{vip}/")
+    assert proc.returncode == 7  # "failed to connect": not timed out (28)
+    assert "Connection refused" in proc.stderr  # a reset; not "Network is unreachable"
 
 
 def test_sctp_service_and_node_port_dnat_to_the_endpoints(svc: Cluster) -> None:
