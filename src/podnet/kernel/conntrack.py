@@ -8,8 +8,8 @@ datagram is balanced afresh.
 
 One netlink socket per node does it: one dump of the namespace's conntrack table, then every
 matching entry deleted by its original tuple in one send. ``conntrack -D`` cost a process per
-service address and removed endpoint, each walking the table again (1,000 processes, tens
-of seconds, for 100 UDP Services losing 10 endpoints); pyroute2's conntrack decodes every
+service address and removed endpoint, each walking the table again (1,000 processes, 15 s
+or more, for 100 UDP Services losing 10 endpoints); pyroute2's conntrack decodes every
 entry with its generic message classes and waits for each delete's answer (tens of times
 slower than this). ``bench/services.py`` times all three; docs/benchmarks.md has the figures.
 """
