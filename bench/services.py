@@ -23,6 +23,14 @@
    both styles with 10 and with 10,000 services installed. The VIP is the LAST service of
    KUBE-SERVICES, iptables' worst case (its dispatch is a sequential scan); podnet's is one
    map lookup whatever the count. Rounds alternate between the four routers.
+3. Conntrack clean-up: CT_SERVICES UDP services over one pool of CT_ENDPOINTS pods, a flow
+   from a client to every service and endpoint in a node namespace's conntrack table
+   (entries written over ctnetlink, so each run starts from the same table), and CT_GONE
+   pods going away: their entries toward the service addresses are deleted the way podnet
+   used to (one ``nsenter conntrack -D`` per service address x removed endpoint), with
+   pyroute2's conntrack (one dump, a request per delete, in a process inside the namespace)
+   and with ``podnet.kernel.conntrack`` (one dump, every delete in one send). Each run must
+   leave exactly the other endpoints' entries.
 
 Everything lives in namespaces named ``pbsvc<pid>_*``; addresses (10.123.0.0/16 links and
 VIPs, 10.124.0.0/14 pods and client) exist only inside them. The root namespace is never
@@ -84,6 +92,13 @@ TARGET_PORT = 8080
 MASQ_MARK = "0x4000"
 NODE = "node-1"  # the node whose table is built and timed
 PODS_PER_NODE = 100  # endpoints live 100 to a node (Kubernetes runs at most 110 pods on one)
+
+CT_SERVICES = 100  # UDP services of the conntrack clean-up
+CT_ENDPOINTS = 20  # each: the same pool of pods
+CT_GONE = 10  # pods that go away
+CT_RUNS = 5  # netlink runs (median); the old way runs once (it takes seconds)
+CT_CLIENT = "10.124.200.1"
+CT_PORT, CT_TARGET_PORT = 53, 5353
 
 PREFIX = f"pbsvc{os.getpid()}_"
 _server: subprocess.Popen | None = None
@@ -670,6 +685,151 @@ def bench_connect(ctx: Any, out: dict, target_vip: str) -> None:
         }
 
 
+# --- conntrack clean-up ----------------------------------------------------------------------------
+
+
+def ct_vips() -> list[str]:
+    return [str(ipaddress.IPv4Address("10.123.100.0") + 1 + i) for i in range(CT_SERVICES)]
+
+
+def ct_endpoints() -> list[tuple[str, int]]:
+    return [(endpoint_ip(50_000 + k), CT_TARGET_PORT) for k in range(CT_ENDPOINTS)]
+
+
+def _ct_tuple(kind: int, src: str, dst: str, sport: int, dport: int) -> bytes:
+    from podnet.kernel import conntrack as ct
+
+    ip = ct._attr(1, socket.inet_aton(src)) + ct._attr(2, socket.inet_aton(dst))
+    proto = ct._attr(1, bytes([17])) + ct._attr(2, struct.pack(">H", sport)) + ct._attr(3, struct.pack(">H", dport))
+    return ct._attr(kind | 0x8000, ct._attr(1 | 0x8000, ip) + ct._attr(2 | 0x8000, proto))
+
+
+def ct_populate(ns: str) -> int:
+    """A UDP flow from the client to every service and endpoint (the reply tuple is the DNAT
+    to it), written as ctnetlink IPCTNL_MSG_CT_NEW messages in one send; returns the count."""
+    from podnet.kernel import conntrack as ct
+
+    messages = []
+    for i, vip in enumerate(ct_vips()):
+        for j, (ip, port) in enumerate(ct_endpoints()):
+            sport = 20_000 + i * CT_ENDPOINTS + j
+            body = (
+                ct.NFGENMSG.pack(socket.AF_INET, 0, 0)
+                + _ct_tuple(1, CT_CLIENT, vip, sport, CT_PORT)
+                + _ct_tuple(2, ip, CT_CLIENT, port, sport)
+                + ct._attr(7, struct.pack(">I", 300))  # CTA_TIMEOUT
+            )
+            messages.append(body)
+
+    def send() -> int:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, ct.NETLINK_NETFILTER) as sock:
+            sock.bind((0, 0))
+            sock.setsockopt(socket.SOL_SOCKET, ct.SO_RCVBUFFORCE, 1 << 22)
+            sock.setsockopt(ct.SOL_NETLINK, ct.NETLINK_CAP_ACK, 1)
+            for start in range(0, len(messages), 500):
+                part = messages[start : start + 500]
+                sock.send(
+                    b"".join(
+                        ct.NLMSG.pack(16 + len(b), 1 << 8 | 0, 0x1 | 0x400 | 0x4, k, 0) + b  # CT_NEW, CREATE, ACK
+                        for k, b in enumerate(part, start=1)
+                    )
+                )
+                acked = 0
+                while acked < len(part):
+                    data = sock.recv(1 << 20)
+                    offset = 0
+                    while offset + 16 <= len(data):
+                        length, kind, _f, _seq, _pid = ct.NLMSG.unpack_from(data, offset)
+                        if kind == ct.NLMSG_ERROR:
+                            (code,) = struct.unpack_from("=i", data, offset + 16)
+                            if code not in (0, -17):  # EEXIST: left from a run that failed
+                                raise BenchError(f"conntrack refused an entry: {os.strerror(-code)}")
+                            acked += 1
+                        offset += (length + 3) & ~3
+        return ct_count(ns)
+
+    return nsutil.in_netns(ns, send)
+
+
+def ct_count(ns: str) -> int:
+    return nsutil.in_netns(ns, lambda: int(open("/proc/sys/net/netfilter/nf_conntrack_count").read()))
+
+
+def ct_old_way(ns: str, vips: list[str], gone: list[tuple[str, int]]) -> int:
+    """What podnet did before: one ``nsenter conntrack -D`` per service address x removed endpoint."""
+    from podnet.kernel import netns
+
+    enter = ["nsenter", f"--net={netns.path(ns)}"]
+    for ip, port in gone:
+        for vip in vips:
+            match = ["-p", "udp", "--orig-dst", vip, "--reply-src", ip, "--reply-port-src", str(port)]
+            subprocess.run([*enter, "conntrack", "-D", *match], capture_output=True, text=True)
+    return len(gone) * len(vips)
+
+
+PYROUTE2_FORGET = """
+import json, sys, time
+from pyroute2 import Conntrack
+from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
+vips, gone = set(json.loads(sys.argv[1])), {tuple(e) for e in json.loads(sys.argv[2])}
+start = time.perf_counter()
+ct = Conntrack()
+doomed = [e for e in ct.dump_entries(tuple_orig=NFCTAttrTuple(proto=17))
+          if e.tuple_orig.daddr in vips and (e.tuple_reply.saddr, e.tuple_reply.sport) in gone]
+for e in doomed:
+    ct.entry("del", tuple_orig=e.tuple_orig)
+ct.close()
+print(json.dumps({"s": time.perf_counter() - start, "deleted": len(doomed)}))
+"""
+
+
+def bench_conntrack(ctx: Any, out: dict) -> None:
+    import json
+
+    from podnet.kernel import conntrack
+
+    res = out["conntrack"] = {"services": CT_SERVICES, "endpoints": CT_ENDPOINTS, "gone": CT_GONE}
+    ns = f"{PREFIX}ct"
+    nsutil.run(["ip", "netns", "add", ns])
+    vips, endpoints = ct_vips(), ct_endpoints()
+    gone, kept = endpoints[:CT_GONE], CT_SERVICES * (CT_ENDPOINTS - CT_GONE)
+    total = CT_SERVICES * CT_ENDPOINTS
+    ctx.log.print(
+        f"services: conntrack clean-up, {CT_SERVICES} UDP services losing {CT_GONE} of {CT_ENDPOINTS} endpoints"
+    )
+
+    def run(label: str, fn: Callable[[], float]) -> float:
+        """Fill the table, clean it up with ``fn`` (which returns the seconds it took), check it."""
+        if ct_populate(ns) != total:
+            raise BenchError(f"conntrack clean-up: the table of {ns} does not hold the {total} entries written")
+        elapsed = fn()
+        if (left := ct_count(ns)) != kept:
+            raise BenchError(f"conntrack clean-up ({label}): {left} entries left, expected {kept}")
+        return elapsed
+
+    def pyroute2_way() -> float:
+        argv = ["ip", "netns", "exec", ns, sys.executable, "-c", PYROUTE2_FORGET]
+        answer = json.loads(nsutil.run([*argv, json.dumps(vips), json.dumps(gone)]))
+        return float(answer["s"])
+
+    netlink = [
+        run("netlink", lambda: _timed(lambda: conntrack.forget(ns, set(vips), set(gone)))) for _ in range(CT_RUNS)
+    ]
+    res["netlink_runs_ms"] = [round(v * 1000, 1) for v in netlink]
+    res["netlink_s"] = statistics.median(netlink)
+    pyroute2 = [run("pyroute2", pyroute2_way) for _ in range(3)]
+    res["pyroute2_runs_ms"] = [round(v * 1000, 1) for v in pyroute2]
+    res["pyroute2_s"] = statistics.median(pyroute2)
+    res["old_processes"] = CT_GONE * CT_SERVICES
+    res["old_s"] = run("nsenter conntrack -D", lambda: _timed(lambda: ct_old_way(ns, vips, gone)))
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
 # --- the suite -----------------------------------------------------------------------------------
 
 
@@ -688,6 +848,9 @@ def summarize(out: dict) -> None:
     ratio("connect_podnet_10k_vs_10", mean.get(f"nft_{SERVICES}"), mean.get(f"nft_{SMALL}"))
     ratio("connect_iptables_10k_vs_10", mean.get(f"ipt_{SERVICES}"), mean.get(f"ipt_{SMALL}"))
     ratio("connect_podnet_vs_iptables_10k", mean.get(f"nft_{SERVICES}"), mean.get(f"ipt_{SERVICES}"))
+    ct = out.get("conntrack", {})
+    ratio("conntrack_old_vs_netlink", ct.get("old_s"), ct.get("netlink_s"))  # how many times faster
+    ratio("conntrack_pyroute2_vs_netlink", ct.get("pyroute2_s"), ct.get("netlink_s"))
     out["ratios"] = ratios
     targets = []
 
@@ -759,6 +922,7 @@ def run(ctx: Any, out: dict) -> None:
         ready[CASES[3].key] = "full_s" in ipt
         nsutil.settle()
         bench_connect(ctx, out, target.cluster_ip)
+        bench_conntrack(ctx, out)
     finally:
         summarize(out)
 
@@ -939,6 +1103,32 @@ def render(out: dict, console: Console) -> None:
         )
         row("ratio iptables 10k/10", _x(ratios.get("connect_iptables_10k_vs_10")), "mean connect time")
         row("ratio podnet/iptables at 10k", _x(ratios.get("connect_podnet_vs_iptables_10k")), "mean connect time")
+    if ct := out.get("conntrack"):
+        table.add_section()
+        what = f"{ct['services']} UDP services losing {ct['gone']} of {ct['endpoints']} endpoints"
+        row(
+            "conntrack clean-up, podnet (netlink)",
+            _ms(ct.get("netlink_s")),
+            f"{what}: one dump, every delete in one send; median of "
+            f"{', '.join(str(v) for v in ct.get('netlink_runs_ms', []))} (ms)",
+        )
+        row(
+            "  pyroute2's conntrack",
+            _ms(ct.get("pyroute2_s")),
+            f"the same through pyroute2 (a request per delete); median of "
+            f"{', '.join(str(v) for v in ct.get('pyroute2_runs_ms', []))} (ms)",
+        )
+        row(
+            "  podnet before: nsenter conntrack -D",
+            _s(ct.get("old_s")),
+            f"{ct.get('old_processes', '?'):,} processes, one per service address x removed endpoint",
+        )
+        row("ratio before/netlink", _x(ratios.get("conntrack_old_vs_netlink")), "how many times faster netlink is")
+        row(
+            "ratio pyroute2/netlink",
+            _x(ratios.get("conntrack_pyroute2_vs_netlink")),
+            "how many times faster netlink is",
+        )
     console.print(table)
     for t in out.get("targets", []):
         verdict = "[bold green]OK[/]" if t["met"] else "[bold red]MISSED[/]"

@@ -1,8 +1,8 @@
 """The NetworkPolicy test model, shared by the kernel tests and the pure ones.
 
 Three namespaces (x, y, z, labelled ``ns: <name>``) of three pods (a, b, c, labelled
-``pod: <name>``) on two nodes, each pod serving TCP and UDP on ports 80 and 81 under the
-container port names Kubernetes' own policy tests use (``serve-80-tcp``, ...). A Service ``web``
+``pod: <name>``) on two nodes, each pod serving TCP, UDP and SCTP on ports 80 and 81 under
+the container port names Kubernetes' own policy tests use (``serve-80-tcp``, ...). A Service ``web``
 in y and in z selects the pod ``a`` there; an external host ``ext`` (203.0.113.10) serves TCP 80
 behind an edge router.
 
@@ -14,7 +14,8 @@ from __future__ import annotations
 
 PODS = [f"{ns}/{pod}" for ns in "xyz" for pod in "abc"]
 NODE_OF = {key: f"node-{i % 2 + 1}" for i, key in enumerate(PODS)}  # x/a node-1, x/b node-2, ...
-CHECKS = [(80, "TCP"), (81, "TCP"), (80, "UDP"), (81, "UDP")]
+CHECKS = [(80, "TCP"), (81, "TCP"), (80, "UDP"), (81, "UDP")]  # what sockets probe
+SCTP_CHECKS = [(80, "SCTP"), (81, "SCTP")]  # probed with raw INITs: this kernel has no SCTP sockets
 EXTERNAL_IP = "203.0.113.10"
 NODE_BLOCKS = {"node-1": "10.244.0.0/24", "node-2": "10.244.1.0/24"}
 
@@ -59,6 +60,8 @@ spec:
     - {{name: serve-81-tcp, containerPort: 81}}
     - {{name: serve-80-udp, containerPort: 80, protocol: UDP}}
     - {{name: serve-81-udp, containerPort: 81, protocol: UDP}}
+    - {{name: serve-80-sctp, containerPort: 80, protocol: SCTP}}
+    - {{name: serve-81-sctp, containerPort: 81, protocol: SCTP}}
 """
         )
     for ns in "yz":
@@ -323,3 +326,65 @@ CLIENTS_ONLY = policy(
   - from: [{namespaceSelector: {}, podSelector: {matchLabels: {role: client}}}]
 """,
 )
+
+# Kubernetes' "should not allow access by TCP when a policy specifies only SCTP": a policy
+# whose only port is SCTP isolates its pods for TCP and UDP too, and allows SCTP alone.
+SCTP_ONLY = join(
+    policy(
+        "sctp-80",
+        "x",
+        """
+  podSelector: {matchLabels: {pod: a}}
+  ingress:
+  - ports: [{protocol: SCTP, port: 80}]
+""",
+    ),
+    policy(
+        "sctp-named",
+        "x",
+        """
+  podSelector: {matchLabels: {pod: b}}
+  ingress:
+  - from: [{namespaceSelector: {matchLabels: {ns: y}}}]
+    ports: [{protocol: SCTP, port: serve-81-sctp}]
+""",
+    ),
+)
+SCTP_ONLY_MATRICES = {
+    "*": """
+    x/a x/b x/c y/a y/b y/c z/a z/b z/c
+x/a  .   X   .   .   .   .   .   .   .
+x/b  X   .   .   .   .   .   .   .   .
+x/c  X   X   .   .   .   .   .   .   .
+y/a  X   X   .   .   .   .   .   .   .
+y/b  X   X   .   .   .   .   .   .   .
+y/c  X   X   .   .   .   .   .   .   .
+z/a  X   X   .   .   .   .   .   .   .
+z/b  X   X   .   .   .   .   .   .   .
+z/c  X   X   .   .   .   .   .   .   .
+""",
+    "SCTP/80": """
+    x/a x/b x/c y/a y/b y/c z/a z/b z/c
+x/a  .   X   .   .   .   .   .   .   .
+x/b  .   .   .   .   .   .   .   .   .
+x/c  .   X   .   .   .   .   .   .   .
+y/a  .   X   .   .   .   .   .   .   .
+y/b  .   X   .   .   .   .   .   .   .
+y/c  .   X   .   .   .   .   .   .   .
+z/a  .   X   .   .   .   .   .   .   .
+z/b  .   X   .   .   .   .   .   .   .
+z/c  .   X   .   .   .   .   .   .   .
+""",
+    "SCTP/81": """
+    x/a x/b x/c y/a y/b y/c z/a z/b z/c
+x/a  .   X   .   .   .   .   .   .   .
+x/b  X   .   .   .   .   .   .   .   .
+x/c  X   X   .   .   .   .   .   .   .
+y/a  X   .   .   .   .   .   .   .   .
+y/b  X   .   .   .   .   .   .   .   .
+y/c  X   .   .   .   .   .   .   .   .
+z/a  X   X   .   .   .   .   .   .   .
+z/b  X   X   .   .   .   .   .   .   .
+z/c  X   X   .   .   .   .   .   .   .
+""",
+}

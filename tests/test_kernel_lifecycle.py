@@ -82,7 +82,11 @@ def test_incremental_change_touches_only_the_difference(make_cluster) -> None:
     grown = c.up()
     assert grown["summary"]["add_netns"] == 1
     route_changes = [d for d in grown["details"] if d.startswith("add_route")]
-    assert len(route_changes) == 2 + 2  # node-1 and node-2 learn node-3; node-3 learns both
+    # node-1 and node-2 learn node-3; node-3 learns both, and routes the service CIDR itself.
+    assert len(route_changes) == 2 + 2 + 1
+    assert [d for d in route_changes if "10.96.0.0/12" in d] == [
+        f"add_route podnet_{c.name}_node-3 route 10.96.0.0/12 via lo"
+    ]
     assert c.up()["changes"] == 0
     assert converged(c.name)
 

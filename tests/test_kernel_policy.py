@@ -9,7 +9,9 @@ equal the one written in the test; the model (``podnet.plan.policy.verdict``) mu
 
 from __future__ import annotations
 
+import itertools
 import json
+import random
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,14 +22,16 @@ from podnet import cluster as usecases
 from podnet import probe
 from podnet.kernel import nft
 from podnet.plan import plan
-from podnet.plan.policy import LOG_GROUP
+from podnet.plan.policy import LOG_GROUP, verdict
 from podnet.spec import load_text
 from tests import policy_model as m
+from tests import sctp
 from tests.conftest import Cluster, assert_observed_equals_plan, leftovers, run_cli, unique_name
 
 pytestmark = pytest.mark.root
 
 TIMEOUT = 1.5
+SCTP_SPORTS = itertools.count(20_000 + random.randrange(100) * 200, 200)  # fresh flows per probe round
 
 ALL_REACHED = """
     x/a x/b x/c y/a y/b y/c z/a z/b z/c
@@ -525,6 +529,27 @@ z/c  X   .   .   .   .   .   .   .   .
     assert_matrices(pc, {"*": ALL_REACHED})
     for node in ("node-1", "node-2"):
         assert "policy-" not in pc.exec(node, "nft", "list", "table", "ip", "podnet").stdout
+
+
+def assert_sctp_matrices(c: Cluster, expected: dict[str, str]) -> None:
+    """Each SCTP port probed with a raw INIT per cell (every cell at once), beside the model."""
+    _, p = usecases.load_applied(c.name)
+    pods = p.topology.pods
+    cells = [(s, d) for s in m.PODS for d in m.PODS]
+    for port, protocol in m.SCTP_CHECKS:
+        combo = f"{protocol}/{port}"
+        want = m.parse_matrix(expected.get(combo) or expected["*"])
+        probes = [(pods[s].netns, pods[d].netns, pods[d].ip) for s, d in cells]
+        kernel = dict(zip(cells, sctp.reached(probes, port, next(SCTP_SPORTS)), strict=True))
+        model = {(s, d): verdict(p.topology, s, d, protocol, port).allowed for s, d in cells}
+        assert kernel == want, f"{combo}: the kernel said\n{m.format_matrix(kernel)}"
+        assert model == want, f"{combo}: the model said\n{m.format_matrix(model)}"
+
+
+def test_a_policy_of_sctp_ports_alone(pc: Cluster) -> None:
+    apply(pc, m.SCTP_ONLY)
+    assert_matrices(pc, m.SCTP_ONLY_MATRICES)  # TCP and UDP: isolated, nothing allowed
+    assert_sctp_matrices(pc, m.SCTP_ONLY_MATRICES)  # SCTP: the ports the policies name
 
 
 def test_observed_equals_plan_with_policies(pc: Cluster) -> None:

@@ -8,6 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from podnet import cluster as usecases
+from podnet.runtime import netexec
+from tests import sctp
 from tests.conftest import (
     Cluster,
     assert_observed_equals_plan,
@@ -102,8 +105,47 @@ def test_hairpin_a_pod_reaching_itself_through_its_service(svc: Cluster) -> None
 
 def test_service_without_endpoints_rejects_at_once(svc: Cluster) -> None:
     vip = service(svc, "nobody")["cluster_ip"]
-    proc = svc.exec("shop/shell", "curl", "-s", "--max-time", "5", f"http://{vip}/")
-    assert proc.returncode == 7  # "failed to connect": refused with a reset, not timed out (28)
+    proc = svc.exec("shop/shell", "curl", "-sv", "--max-time", "5", f"http://{vip}/")
+    assert proc.returncode == 7  # "failed to connect": not timed out (28)
+    assert "Connection refused" in proc.stderr  # a reset; not "Network is unreachable"
+
+
+def test_sctp_service_and_node_port_dnat_to_the_endpoints(svc: Cluster) -> None:
+    """No SCTP sockets on this kernel: raw INITs, caught by raw sockets in the endpoints."""
+    vip = service(svc, "signal")["cluster_ip"]
+    node_port = service(svc, "signal")["ports"][0]["node_port"]
+    web = {name: svc.pod(f"shop/{name}")["ip"] for name in ("web-1", "web-2", "web-3")}
+    for i, (source, dst, port) in enumerate(
+        [
+            ("shop/shell", vip, 9000),
+            ("client", node_ip(svc, "node-1"), node_port),
+            ("client", node_ip(svc, "node-2"), node_port),
+        ]
+    ):
+        receivers = [sctp.Receiver(usecases.exec_target(svc.name, f"shop/{n}")) for n in web]
+        try:
+            sctp.send_init(usecases.exec_target(svc.name, source), dst, port, 42_000 + i)
+            got = next((g for r in receivers if (g := r.wait_for(42_000 + i, within=0.5))), None)
+        finally:
+            for r in receivers:
+                r.sock.close()
+        assert got is not None and got.dst in web.values() and got.dport == 9000, (source, dst, got)
+        if source == "client":
+            assert got.src != "203.0.113.10"  # NodePort, externalTrafficPolicy Cluster: masqueraded
+
+
+def test_status_says_once_whether_sctp_is_served(svc: Cluster) -> None:
+    data = status_json(svc.name)
+    web = [p for p in data["pods"] if p["name"].startswith("web-")]
+    assert all(p["ready"] for p in web), web
+    reason = netexec.sctp_unsupported()
+    if reason is None:  # a kernel with SCTP sockets: netexec serves the port like any other
+        assert all(p["not_served"] == [] for p in web) and data["notes"] == []
+        return
+    assert all(p["not_served"] == ["9000/SCTP"] for p in web), web
+    ports = ", ".join(f"shop/web-{i} 9000/SCTP" for i in (1, 2, 3))
+    assert data["notes"] == [f"not served: {ports}: {reason}"]
+    assert reason in run_cli("status", "-c", svc.name, check=True).stdout.replace("\n", "")
 
 
 def test_nftables_ruleset_is_podnet_s_own_table(svc: Cluster) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from podnet import names
 from podnet.plan import Plan, plan
 from podnet.spec import load_text
-from podnet.state import NextHop, Route
+from podnet.state import LOCAL_TABLE, NextHop, Route
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "quickstart.yaml"
 # These tests count pods, addresses and changes: leave the cluster DNS pod out of them
@@ -399,5 +399,7 @@ def test_every_address_has_the_kernels_routes_and_no_planned_route_takes_their_p
         for ns in p.state.namespaces.values():
             expected = kernel_routes(ns)
             assert [ns.routes[r.key] for r in expected] == expected, (example.name, ns.name)
-            # lo's 127.0.0.0/8 and 127.0.0.1, and a local route for each address
-            assert sum(r.type == "local" for r in ns.routes.values()) == 2 + len(ns.addresses), ns.name
+            # lo's 127.0.0.0/8 and 127.0.0.1, and a local route for each address (in the local
+            # table; a node's service CIDR is a local route of the main table, plan.services)
+            local = [r for r in ns.routes.values() if r.type == "local" and r.table == LOCAL_TABLE]
+            assert len(local) == 2 + len(ns.addresses), ns.name

@@ -117,6 +117,14 @@ def test_named_ports_are_a_set_of_address_protocol_port() -> None:
     assert len(egress) == len(ip) - 1 and f"{ip['z/c']} . tcp . 80" in egress  # all but coredns
 
 
+def test_sctp_ports_are_matched_in_the_sctp_header() -> None:
+    t = tables(m.SCTP_ONLY)
+    ip = ips()
+    assert rules(t["node-1"], "np-ingress-x/sctp-80") == ["sctp dport 80 accept"]  # x/a is on node-1
+    named = t["node-2"].sets["np-ingress-x/sctp-named/0/ports"]  # x/b is on node-2
+    assert named.elements == {f"{ip['x/b']} . sctp . 81"}
+
+
 def test_a_pod_joining_a_selector_changes_set_elements_only() -> None:
     before = tables(m.CLIENTS_ONLY)
     after = tables(m.CLIENTS_ONLY, {"z/c": {"role": "client"}})

@@ -289,10 +289,10 @@ def test_loads_a_policy_as_kubernetes_reads_it() -> None:
             "is not a port name",
         ),
         (
-            "  podSelector: {}\n  ingress:\n  - ports:\n    - {port: 53, protocol: SCTP}\n",
-            "SCTP",
+            "  podSelector: {}\n  ingress:\n  - ports:\n    - {port: 53, protocol: ICMP}\n",
+            "ICMP",
             "spec.ingress[0].ports[0].protocol",
-            "got 'SCTP'",
+            "got 'ICMP'",
         ),
         (
             "  podSelector:\n    matchExpressions:\n    - {key: app, operator: In}\n",
@@ -391,3 +391,15 @@ z/c  X   X   X   .   .   .   .   .   .
 """  # docs/policy.md, `podnet probe -c netpol --model`
     assert {(s, d): reached(t, s, d) for s in m.PODS for d in m.PODS} == m.parse_matrix(documented)
     assert "x/a      .    X    X    .    .    .    X    X    X" in (REPO / "docs" / "policy.md").read_text()
+
+
+def test_sctp_is_a_protocol_of_its_own() -> None:
+    """A policy whose only port is SCTP isolates for TCP and UDP too; an SCTP allow is no TCP one."""
+    t = topo(m.SCTP_ONLY)
+    for port, protocol in m.CHECKS + m.SCTP_CHECKS:
+        combo = f"{protocol}/{port}"
+        want = m.parse_matrix(m.SCTP_ONLY_MATRICES.get(combo) or m.SCTP_ONLY_MATRICES["*"])
+        got = {(s, d): reached(t, s, d, protocol, port) for s in m.PODS for d in m.PODS}
+        assert got == want, f"{combo}:\n{m.format_matrix(got)}"
+    assert verdict(t, "y/a", "x/b", "SCTP", 81).policies == ["x/sctp-named"]
+    assert "no rule allows from y/a (10.244." in verdict(t, "y/a", "x/a", "TCP", 80).reason

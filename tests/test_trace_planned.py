@@ -187,3 +187,34 @@ def test_cli_trace_of_a_file_prints_the_documented_json() -> None:
 def test_unknown_endpoint_is_a_usage_error() -> None:
     proc = run_cli("trace", "-f", str(REPO / "examples" / "racks.yaml"), "shop/nope", "shop/web-2")
     assert proc.returncode == 2 and "no pod, node, router or external host" in proc.stderr
+
+
+def test_service_addresses_on_a_node_without_a_default_route() -> None:
+    """No edge, so no default route: the service CIDR is still routed (locally) on the node,
+    and what no endpoint took is rejected or dropped there, as on a cluster with an edge."""
+    from tests import test_kernel_service_reject as rj
+
+    p = plan(load_text(rj.cluster_text("noedge", "host-gw", edge=False), "noedge.yaml"))
+    t = Tracer(p.state, p.topology, p.state, p.dns_config)
+    for source in ("default/client", "node-1"):
+        for proto in ("tcp", "udp"):
+            r = t.trace(source, rj.NOBODY, port=80 if proto == "tcp" else 53, proto=proto)
+            assert r.verdict == "refused" and "rejected: no endpoints" in r.reason, (source, proto, r.reason)
+            node = next(h for h in r.hops if h.name == "node-1")
+            assert node.route["chosen"]["dst"] == "10.96.0.0/12" and "local route" in node.route["reason"]
+        other_port = t.trace(source, rj.WEB, port=81)
+        assert other_port.verdict == "refused" and "has no such port" in other_port.reason
+        nobody = t.trace(source, rj.UNALLOCATED, port=80)
+        assert nobody.verdict == "dropped" and "no service has it" in nobody.reason
+        served = t.trace(source, rj.WEB, port=80)
+        assert served.verdict == "delivered" and served.hops[-1].name == "default/server"
+
+
+def test_sctp_through_a_service_and_a_node_port() -> None:
+    vip = SVC.topo.services["shop/signal"].cluster_ip
+    r = SVC.trace("shop/shell", vip, proto="sctp", port=9000)
+    assert r.verdict == "delivered" and r.hops[-1].name in {"shop/web-1", "shop/web-2", "shop/web-3"}
+    assert "service shop/signal/sctp/9000: DNAT" in r.hops[1].nat
+    node_port = SVC.topo.services["shop/signal"].ports[0].node_port
+    r = SVC.trace("client", SVC.topo.nodes["node-2"].underlay_ip, proto="sctp", port=node_port)
+    assert r.verdict == "delivered" and any("NodePort" in (h.nat or "") for h in r.hops)

@@ -144,6 +144,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             p["namespace"], p["name"], p["node"], p["ip"], p["mac"], ",".join(p["ports"]) or "-", _yes(p["ready"])
         )
     out.print(pods)
+    for note in data.get("notes", []):
+        out.print(f"[yellow]{note}[/]")
     if data["services"]:
         out.print()
         services = Table(
@@ -364,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--cluster", help="trace the observed state of this running cluster")
     p.add_argument("-f", "--file", help="trace the planned state of this file (no root needed)")
     p.add_argument("--port", type=port_number, help="destination port (default 80 for tcp, 53 for udp)")
-    p.add_argument("--proto", choices=["tcp", "udp", "icmp"], default="tcp")
+    p.add_argument("--proto", choices=["tcp", "udp", "sctp", "icmp"], default="tcp")
     p.add_argument("--verify", action="store_true", help="send the packet for real and capture it at every hop")
     p.add_argument("--cold", action="store_true", help="with --verify: flush neighbour caches first, so ARP is seen")
     p.add_argument("-v", "--verbose", action="store_true", help="every route candidate and note")
@@ -376,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--file", help="draw the plan of this file (no root needed)")
     p.add_argument("--trace", nargs=2, metavar=("SRC", "DST"), help="draw the path of this trace over it")
     p.add_argument("--port", type=port_number, help="with --trace: destination port (default 80 for tcp, 53 for udp)")
-    p.add_argument("--proto", choices=["tcp", "udp", "icmp"], default="tcp", help="with --trace (default tcp)")
+    p.add_argument("--proto", choices=["tcp", "udp", "sctp", "icmp"], default="tcp", help="with --trace (default tcp)")
     p.add_argument("-o", "--output", metavar="FILE", help="out.svg, out.png or out.dot (default: dot on stdout)")
     p.set_defaults(func=cmd_diagram, root=lambda a: bool(a.trace) and not a.file)
 

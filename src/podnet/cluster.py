@@ -26,6 +26,7 @@ from podnet.store import Store, cluster_dir, cluster_lock, known_clusters
 
 if TYPE_CHECKING:
     from podnet.kernel.netlink import Sessions
+    from podnet.plan.topology import Topology
 
 # The netlink layer (pyroute2) is imported where it is used: `podnet down`, `status` and
 # `exec` do not need it, and it is a third of the CLI's start-up time.
@@ -353,19 +354,33 @@ def _sizes(cluster: str, root: Path | None) -> dict:
     return {"nodes": len(allocations.get("node_cidr", {})), "pods": len(allocations.get("pod_ip", {}))}
 
 
+def _by_reason(topo: Topology, unserved: dict[str, dict[tuple[int, str], str]]) -> dict[str, list[str]]:
+    """The pods' ports a daemon cannot serve, grouped by why (said once, not per port)."""
+    out: dict[str, list[str]] = {}
+    for pod in topo.pods.values():
+        for (port, protocol), why in sorted(unserved.get(pod.netns, {}).items()):
+            out.setdefault(why, []).append(f"{pod.key} {port}/{protocol}")
+    return out
+
+
 def status(cluster: str) -> dict:
     _, p = load_applied(cluster)
     topo = p.topology
     listening: dict[str, set[tuple[int, str]]] = {}
+    unserved: dict[str, dict[tuple[int, str], str]] = {}  # ports a daemon cannot serve here, and why
     for daemon in process.DAEMONS.values():
         if process.running_pid(cluster_dir(cluster), cluster, daemon) is None:
             continue
-        for item in (process.read_ready(cluster_dir(cluster), daemon) or {}).get("listening", []):
+        ready = process.read_ready(cluster_dir(cluster), daemon) or {}
+        for item in ready.get("listening", []):
             listening.setdefault(item["netns"], set()).add((item["port"], item["protocol"]))
+        for item in ready.get("unserved", []):
+            unserved.setdefault(item["netns"], {})[(item["port"], item["protocol"])] = item["reason"]
     pods = []
     for pod in topo.pods.values():
         alive = netns.exists(pod.netns)
-        wanted = {(port.port, port.protocol) for port in pod.ports}
+        not_served = unserved.get(pod.netns, {})
+        wanted = {(port.port, port.protocol) for port in pod.ports} - set(not_served)
         pods.append(
             {
                 "namespace": pod.namespace,
@@ -375,6 +390,7 @@ def status(cluster: str) -> dict:
                 "mac": pod.mac,
                 "netns": pod.netns,
                 "ports": [f"{port.port}/{port.protocol}" for port in pod.ports],
+                "not_served": [f"{port}/{protocol}" for port, protocol in sorted(not_served)],
                 "ready": alive and wanted <= listening.get(pod.netns, set()),
             }
         )
@@ -419,6 +435,7 @@ def status(cluster: str) -> dict:
             for h in topo.hosts.values()
         ],
         "pods": pods,
+        "notes": [f"not served: {', '.join(ports)}: {why}" for why, ports in _by_reason(topo, unserved).items()],
         "services": [
             {
                 "namespace": svc.namespace,
@@ -486,6 +503,8 @@ def trace(
     from podnet.trace import Tracer
     from podnet.trace.walk import TraceError
 
+    if verify and proto == "sctp":
+        raise UsageError("--verify does not send SCTP (its probes are TCP, UDP and ICMP sockets); trace without it")
     if file is not None:
         if verify:
             raise UsageError("--verify sends real packets: it needs a running cluster (-c NAME), not a file")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 from podnet.kernel import netns, nft, rtdump, tcbpf
 from podnet.kernel.netlink import Session, Sessions
-from podnet.state import LOCAL_TABLE, Address, Fdb, Link, Neighbour, NetnsState, NextHop, Route, State, TcProgram
+from podnet.state import Address, Fdb, Link, Neighbour, NetnsState, NextHop, Route, State, TcProgram
 
 IFF_UP = 0x1
 NUD_PERMANENT = 0x80
@@ -156,11 +156,11 @@ def _link(m: rtdump.Message, name: str, flags: int, by_index: dict[int, str]) ->
 
 
 def _route(m: rtdump.Message, by_index: dict[int, str]) -> Route | None:
-    """A unicast route, or a local route of the local table; None for the rest (broadcast
-    routes: see plan.connected)."""
+    """A unicast or a local route (the local table's, and a node's service CIDR in main); None
+    for the rest (broadcast routes: see plan.connected)."""
     _, dst_len, _, _, table8, proto, scope, kind, flags = m.header
     table = rtdump.u32(m.attrs.get(RTA_TABLE)) or table8
-    if kind != (RTN_LOCAL if table == LOCAL_TABLE else RTN_UNICAST):
+    if kind not in ROUTE_TYPES:
         return None
     dst = rtdump.ipv4(m.attrs.get(RTA_DST)) or "0.0.0.0"
     if RTA_MULTIPATH in m.attrs:

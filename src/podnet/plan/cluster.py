@@ -12,7 +12,7 @@ from podnet.errors import SpecError
 from podnet.plan import backends, bgp, dns, nat, policy, sysctls, underlay
 from podnet.plan.connected import add_kernel_routes
 from podnet.plan.ipam import Allocations, Exhausted, allocate, hosts
-from podnet.plan.services import plan_services
+from podnet.plan.services import plan_services, service_route, service_route_needed
 from podnet.plan.system import DNS_POD, with_system_objects
 from podnet.plan.topology import HostInfo, Interface, NodeInfo, PodInfo, RouterInfo, SubnetInfo, Topology
 from podnet.spec.models import Spec
@@ -57,11 +57,14 @@ def plan(spec: Spec, previous: Allocations | None = None) -> Plan:
     underlay.build(state, topo, c.underlay_mtu, routed_by_bgp=c.backend == "bgp")
     _build_pods(state, topo)
     backends.BACKENDS[c.backend](state, topo, c.vni, c.vxlan_port)
+    services = list(topo.services.values())
     for node in topo.nodes.values():
         members = [p for p in topo.pods.values() if p.node == node.name]
         state.ns(node.netns).nft = nat.node_table(
-            node, members, list(topo.services.values()), str(c.pod_cidr), str(c.service_cidr), topo.policies
+            node, members, services, str(c.pod_cidr), str(c.service_cidr), topo.policies
         )
+        if service_route_needed(services):
+            state.ns(node.netns).add_route(service_route(node, str(c.service_cidr)))
 
     netexec_config = _netexec_config(topo)
     if netexec_config["pods"]:

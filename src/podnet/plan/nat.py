@@ -11,8 +11,12 @@ Shaped after kube-proxy's nftables mode, for load time that grows linearly with 
   set of recent clients each (``update @aff-...``) checked before the random choice;
 - packets that must leave with the node's address (hairpin: a pod reaching itself through
   its service; NodePort traffic with externalTrafficPolicy Cluster) are masqueraded;
-- a service with no endpoints is in ``no-endpoints``, whose filter chains reject at once
-  (TCP reset, ICMP port unreachable) rather than letting clients hang.
+- the service CIDR is a local route on every node (``plan.services.service_route``), so a
+  packet to a service address that no service chain DNATed ends in this node's filter input:
+  a service without endpoints (``no-endpoints``) and a port the ClusterIP does not serve
+  are rejected at once (TCP reset, ICMP port unreachable) rather than letting clients hang,
+  and an address no service has is dropped, as kube-proxy's nftables mode does; none of them
+  ever reaches a socket of the node itself.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from collections.abc import Sequence
 
 from podnet import gcpause, nftcode
 from podnet.plan import policy
+from podnet.plan.services import service_route_needed
 from podnet.plan.topology import LOCAL_OFFSET, SLOT_WIDTH, Endpoint, NodeInfo, PodInfo, ServiceInfo, ServicePortInfo
 from podnet.state import NftChain, NftRule, NftSet, NftTable
 
@@ -96,6 +101,7 @@ def _node_table(
     t.map("services", "type ipv4_addr . inet_proto . inet_service : verdict", netlink=True)
     t.map("nodeports", "type inet_proto . inet_service : verdict", netlink=True)
     t.map("no-endpoints", "type ipv4_addr . inet_proto . inet_service : verdict", netlink=True)
+    t.set("cluster-ips", "type ipv4_addr", netlink=True)
     t.map("no-endpoint-nodeports", "type inet_proto . inet_service : verdict", netlink=True)
     # Endpoint maps per protocol (nft 1.0 refuses a shared "th dport" map on update), in
     # shards: the kernel checks every rule bound to a map for each element added (and every
@@ -111,17 +117,37 @@ def _node_table(
             continue  # headless: DNS only
         for port in svc.ports:
             _service_port(t, node, svc, port)
-    if t.elements["no-endpoints"] or t.elements["no-endpoint-nodeports"]:
-        # Only then: these chains see every forwarded packet, bridged pod traffic included.
-        reject = [
-            NftRule("ip daddr . meta l4proto . th dport vmap @no-endpoints", "services without endpoints"),
-            NftRule(f"ip daddr {node.underlay_ip} meta l4proto . th dport vmap @no-endpoint-nodeports"),
-        ]
-        for hook in ("input", "forward", "output"):
-            t.chain(f"filter-{hook}", ("filter", hook, FILTER, "accept"), reject)
-        t.chain("reject-connection", None, [NftRule("meta l4proto tcp reject with tcp reset"), NftRule("reject")])
+    _filter_input(t, node, services, service_cidr)
     policy.add_to_table(t, node, pods, policies)  # NetworkPolicy: its own chains, maps and sets
     return t.build()
+
+
+def _filter_input(t: _Builder, node: NodeInfo, services: list[ServiceInfo], service_cidr: str) -> None:
+    """What reaches this node undiverted: service addresses (their route is local here) and
+    NodePorts without endpoints. Only the input hook: no such packet is ever forwarded."""
+    rules = []
+    if service_route_needed(services):
+        rules.append(NftRule(f"ip daddr {service_cidr} goto service-cidr", "service addresses no endpoint took"))
+        t.chain(
+            "service-cidr",
+            None,
+            [
+                NftRule("ip daddr . meta l4proto . th dport vmap @no-endpoints", "services without endpoints"),
+                NftRule("ip daddr @cluster-ips goto reject-connection", "a port the ClusterIP does not serve"),
+                NftRule("drop", "no service has this address"),
+            ],
+        )
+    if t.elements["no-endpoint-nodeports"]:
+        # Only then: every packet for the node's address (VXLAN's included) would pay a lookup.
+        rules.append(
+            NftRule(
+                f"ip daddr {node.underlay_ip} meta l4proto . th dport vmap @no-endpoint-nodeports",
+                "NodePorts without endpoints",
+            )
+        )
+    if rules:
+        t.chain("filter-input", ("filter", "input", FILTER, "accept"), rules)
+        t.chain("reject-connection", None, [NftRule("meta l4proto tcp reject with tcp reset"), NftRule("reject")])
 
 
 def _host_port_rules(node: NodeInfo, pods: list[PodInfo]) -> list[NftRule]:
@@ -143,6 +169,7 @@ def _service_port(t: _Builder, node: NodeInfo, svc: ServiceInfo, port: ServicePo
     proto = port.protocol.lower()
     vip_key = f"{svc.cluster_ip} . {proto} . {port.port}"
     svc_chain = chain_name("svc", svc, port)
+    t.element("cluster-ips", str(svc.cluster_ip))
     if not port.endpoints:
         t.element("no-endpoints", f"{vip_key} : goto reject-connection")
         if port.node_port:

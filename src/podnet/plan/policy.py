@@ -66,6 +66,7 @@ EGRESS_HOOK = ("filter", "forward", 0, "accept")
 INGRESS_HOOK = ("filter", "forward", 1, "accept")
 PEER_SET = "type ipv4_addr"
 PORT_SET = "type ipv4_addr . inet_proto . inet_service"
+PROTOCOLS = ("TCP", "UDP", "SCTP")  # a port's protocols in Kubernetes (nft matches SCTP headers itself)
 
 
 # --- semantics ------------------------------------------------------------------------------
@@ -378,7 +379,7 @@ def _port_matches(
 ) -> list[str]:
     out: list[str] = []
     every = {p.protocol for p in rule.ports if p.port is None}
-    for protocol in ("TCP", "UDP"):
+    for protocol in PROTOCOLS:
         proto = protocol.lower()
         if protocol in every:
             out.append(f"meta l4proto {proto}")

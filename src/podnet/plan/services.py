@@ -11,9 +11,19 @@ import ipaddress
 
 from podnet.errors import PlanError
 from podnet.plan.ipam import Allocations, Exhausted, allocate
-from podnet.plan.topology import LOCAL_OFFSET, SLOT_WIDTH, Endpoint, PodInfo, ServiceInfo, ServicePortInfo, Topology
+from podnet.plan.topology import (
+    LOCAL_OFFSET,
+    SLOT_WIDTH,
+    Endpoint,
+    NodeInfo,
+    PodInfo,
+    ServiceInfo,
+    ServicePortInfo,
+    Topology,
+)
 from podnet.spec.models import Service, Spec
 from podnet.spec.validate import RESERVED_SERVICE_ADDRESSES
+from podnet.state import NextHop, Route
 
 NODE_PORT_RANGE = range(30000, 32768)
 
@@ -130,3 +140,24 @@ def _free_vip(ip: str, net: ipaddress.IPv4Network, reserved: set[str], fixed: di
     except ValueError:
         return False
     return addr in net and ip not in reserved and ip not in fixed.values()
+
+
+def service_route_needed(services: list[ServiceInfo]) -> bool:
+    """A node routes its service CIDR (and filters what reaches it) while some Service has a ClusterIP."""
+    return any(svc.cluster_ip is not None for svc in services)
+
+
+def service_route(node: NodeInfo, service_cidr: str) -> Route:
+    """The service CIDR as a local route of the node, as kube-proxy's clusters need one.
+
+    Without any route (a node with no default route) a connect to a ClusterIP fails with
+    ENETUNREACH before a rule runs. A route out of an interface would carry an address no
+    service has onto a link (ARP for it, or a router's "unreachable"); blackhole, unreachable
+    or prohibit make the node's own connects fail in the route lookup (EINVAL, EHOSTUNREACH,
+    EACCES) before the output hook. A local route keeps every service address on the node:
+    DNAT in nat prerouting/output sends served ones on, the filter input chain
+    (``plan.nat``) rejects or drops the rest, so nothing reaches the node's own sockets.
+    ``src``: the node's own connects leave with its underlay address, not the VIP (which
+    the endpoint's node would take for one of its own).
+    """
+    return Route(service_cidr, (NextHop(None, "lo"),), type="local", scope="host", src=node.underlay_ip)

@@ -3,7 +3,13 @@
 It speaks the protocol of the ``netexec`` server Kubernetes' own network tests use, so the
 same probes work: over TCP, HTTP ``GET /hostname`` (the pod's name), ``/clientip`` (the
 client's ``ip:port`` as the pod sees it) and ``/echo?msg=X``; over UDP, the datagrams
-``hostname``, ``echo X`` and ``clientip``.
+``hostname``, ``echo X`` and ``clientip``; over SCTP, the same commands, one message per
+association, as agnhost's netexec answers them.
+
+SCTP needs the kernel's SCTP sockets. Where ``socket(AF_INET, SOCK_STREAM, IPPROTO_SCTP)``
+fails (a kernel without them: EPROTONOSUPPORT), SCTP ports are published as not served,
+with the reason, instead of failing the daemon; nftables still balances and filters SCTP
+packets there, it is only the pods' server that cannot answer.
 
 One process serves a whole cluster: it enters each pod's namespace just long enough to open
 a listening socket there (a socket stays in the namespace it was created in) and then
@@ -15,6 +21,7 @@ difference; readiness is published to a file the CLI reads.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import os
@@ -57,6 +64,24 @@ def answer_udp(data: bytes, pod: str, client: tuple[str, int]) -> bytes | None:
     return None
 
 
+SOCKET_KINDS = {
+    "TCP": (socket.SOCK_STREAM, 0),
+    "UDP": (socket.SOCK_DGRAM, 0),
+    "SCTP": (socket.SOCK_STREAM, socket.IPPROTO_SCTP),  # one-to-one style, as agnhost's netexec listens
+}
+
+
+def sctp_unsupported() -> str | None:
+    """Why this kernel cannot serve SCTP, or None when it can (socket support is the
+    kernel's, not a namespace's)."""
+    try:
+        socket.socket(socket.AF_INET, *SOCKET_KINDS["SCTP"]).close()
+    except OSError as exc:
+        name = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+        return f"this kernel has no SCTP sockets (socket(AF_INET, SOCK_STREAM, IPPROTO_SCTP): {name})"
+    return None
+
+
 class _Udp(asyncio.DatagramProtocol):
     def __init__(self, pod: str) -> None:
         self.pod = pod
@@ -92,6 +117,20 @@ async def _serve_http(pod: str, reader: asyncio.StreamReader, writer: asyncio.St
         writer.close()
 
 
+async def _serve_message(pod: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """One SCTP association: one message in (a UDP command), its answer out, then closed."""
+    try:
+        data = await asyncio.wait_for(reader.read(1024), timeout=10)
+        reply = answer_udp(data, pod, writer.get_extra_info("peername"))
+        if reply is not None:
+            writer.write(reply)
+            await writer.drain()
+    except (TimeoutError, ConnectionError):
+        pass
+    finally:
+        writer.close()
+
+
 def _ns_inode(name: str) -> int | None:
     try:
         return os.stat(netns.path(name)).st_ino
@@ -106,9 +145,9 @@ class Daemon:
         self.listening: dict[tuple[str, int, str], tuple[int, object]] = {}
 
     def _open(self, ns: str, port: int, protocol: str) -> socket.socket:
-        kind = socket.SOCK_STREAM if protocol == "TCP" else socket.SOCK_DGRAM
+        kind, proto = SOCKET_KINDS[protocol]
         with netns.entered(ns):
-            sock = socket.socket(socket.AF_INET, kind)
+            sock = socket.socket(socket.AF_INET, kind, proto)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("0.0.0.0", port))
         if kind == socket.SOCK_STREAM:
@@ -129,10 +168,15 @@ class Daemon:
                 closer.close()  # type: ignore[attr-defined]
                 del self.listening[key]
         errors = []
+        unserved = []
+        no_sctp = sctp_unsupported() if any(proto == "SCTP" for _, _, proto in want) else None
         for key, pod_name in want.items():
             if key in self.listening:
                 continue
             ns, port, protocol = key
+            if protocol == "SCTP" and no_sctp:
+                unserved.append({"netns": ns, "port": port, "protocol": protocol, "reason": no_sctp})
+                continue
             inode = _ns_inode(ns)
             if inode is None:
                 errors.append(f"{ns}: namespace is gone")
@@ -142,8 +186,9 @@ class Daemon:
             except OSError as exc:
                 errors.append(f"{ns} {port}/{protocol}: {exc}")
                 continue
-            if protocol == "TCP":
-                server = await asyncio.start_server(lambda r, w, name=pod_name: _serve_http(name, r, w), sock=sock)
+            if protocol != "UDP":
+                serve = _serve_http if protocol == "TCP" else _serve_message
+                server = await asyncio.start_server(lambda r, w, f=serve, name=pod_name: f(name, r, w), sock=sock)
                 self.listening[key] = (inode, server)
             else:
                 transport, _ = await loop.create_datagram_endpoint(lambda name=pod_name: _Udp(name), sock=sock)
@@ -153,6 +198,7 @@ class Daemon:
             "nonce": config.get("nonce"),
             "pid": os.getpid(),
             "errors": errors,
+            "unserved": unserved,
             "listening": [
                 {"netns": ns, "port": port, "protocol": proto, "inode": inode}
                 for (ns, port, proto), (inode, _) in sorted(self.listening.items())
@@ -161,6 +207,8 @@ class Daemon:
         publish(self.dir / READY, ready)
         for e in errors:
             log.warning("%s", e)
+        if unserved:
+            log.warning("%d SCTP ports not served: %s", len(unserved), no_sctp)
         log.info("serving %d sockets (config %s)", len(self.listening), config.get("digest"))
         return ready
 

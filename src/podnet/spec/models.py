@@ -49,7 +49,7 @@ class ObjectMeta(Strict):
 class ContainerPort(Strict):
     name: str | None = None
     containerPort: int = Field(ge=1, le=65535)
-    protocol: Literal["TCP", "UDP"] = "TCP"
+    protocol: Literal["TCP", "UDP", "SCTP"] = "TCP"
     hostPort: int | None = Field(None, ge=1, le=65535)
 
 
@@ -213,7 +213,7 @@ class PodDoc(Strict):
 
 class ServicePortDoc(Strict):
     name: str | None = None
-    protocol: Literal["TCP", "UDP"] = "TCP"
+    protocol: Literal["TCP", "UDP", "SCTP"] = "TCP"
     port: int = Field(ge=1, le=65535)
     targetPort: int | str | None = None
     nodePort: int | None = Field(None, ge=30000, le=32767)
@@ -284,7 +284,7 @@ class PolicyPeerDoc(Strict):
 
 
 class PolicyPortDoc(Strict):
-    protocol: Literal["TCP", "UDP"] = "TCP"
+    protocol: Literal["TCP", "UDP", "SCTP"] = "TCP"
     port: int | str | None = None  # a number, or a container port's name
     endPort: int | None = None
 
@@ -325,7 +325,7 @@ KINDS: dict[str, type[Strict]] = {
 @dataclass(frozen=True)
 class Port:
     port: int
-    protocol: str  # TCP | UDP
+    protocol: str  # TCP | UDP | SCTP
     name: str | None = None
     host_port: int | None = None
 

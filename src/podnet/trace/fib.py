@@ -49,7 +49,7 @@ class Decision:
             }
 
         return {
-            "table": "main" if self.kind != "local" else "local",
+            "table": "local" if self.kind == "local" and self.route is None else "main",
             "candidates": [describe(r) for r in self.candidates],
             "chosen": describe(self.route) if self.route else None,
             "ecmp": [{"gateway": h.gateway, "dev": h.dev} for h in self.route.nexthops]
@@ -177,7 +177,7 @@ def lookup(ns: NetnsState, dst: str, flow: tuple, forwarded: bool = False) -> De
     if local is not None:
         dev = local.nexthops[0].dev
         return Decision("local", None, (), NextHop(None, dev), f"{dst} is an address of this namespace (local table)")
-    routes = [r for r in ns.routes.values() if r.table == MAIN_TABLE and r.type == "unicast"]
+    routes = [r for r in ns.routes.values() if r.table == MAIN_TABLE]
     matching = [r for r in routes if ip in _route_network(r.dst)]
     matching.sort(key=lambda r: (-int(r.dst.split("/")[1]), r.metric, r.proto != "kernel"))
     if not matching:
@@ -191,6 +191,9 @@ def lookup(ns: NetnsState, dst: str, flow: tuple, forwarded: bool = False) -> De
         reason = f"/{prefix} is the longest prefix containing {dst} (beats {beaten})"
     else:
         reason = f"/{prefix} is the only route containing {dst}"
+    if best.type == "local":
+        reason += ": a local route, delivered to this namespace"
+        return Decision("local", best, tuple(matching), NextHop(None, "lo"), reason)
     hops = best.nexthops
     if len(hops) == 1:
         return Decision("unicast", best, tuple(matching), hops[0], reason)

@@ -17,9 +17,14 @@ from podnet.trace.model import Packet
 
 PICK = re.compile(r"numgen random mod (\d+) offset (\d+) (?:map @(endpoints-\w+-\d+)|vmap @slots)")
 DNAT = re.compile(r"dnat to ([\d.]+):(\d+)")
-HOSTPORT = re.compile(r"ip daddr ([\d.]+) (tcp|udp) dport (\d+) dnat to ([\d.]+):(\d+)")
+HOSTPORT = re.compile(r"ip daddr ([\d.]+) (tcp|udp|sctp) dport (\d+) dnat to ([\d.]+):(\d+)")
 EGRESS = re.compile(r'ip saddr (\S+) ip daddr != \{ (\S+), (\S+) \} oifname != "(\S+)" masquerade')
 NODEPORTS = re.compile(r"ip daddr ([\d.]+) meta l4proto . th dport vmap @nodeports")
+SERVICE_CIDR = re.compile(r"ip daddr ([\d./]+) goto service-cidr")
+NO_ENDPOINT_NODEPORTS = re.compile(r"ip daddr ([\d.]+) meta l4proto . th dport vmap @no-endpoint-nodeports")
+
+
+PORT_PROTOCOLS = ("tcp", "udp", "sctp")  # what Services, NodePorts, hostPorts and policies match ports of
 
 
 @dataclass
@@ -118,7 +123,7 @@ def prerouting(
     view: TableView, pkt: Packet, flow: tuple, hook: str = "prerouting", choice: int | None = None
 ) -> NatResult:
     """nat prerouting (or output): Services, NodePorts, hostPorts."""
-    if pkt.proto not in ("tcp", "udp"):
+    if pkt.proto not in PORT_PROTOCOLS:
         return NatResult(pkt)
     key = f"{pkt.dst_ip} . {pkt.proto} . {pkt.dport}"
     target = view.lookup("services", key)
@@ -150,20 +155,37 @@ def prerouting(
     return NatResult(pkt)
 
 
-def filter_hook(view: TableView, pkt: Packet, node_ip: str | None) -> NatResult:
-    """filter input/forward/output: services without endpoints are rejected here."""
-    if pkt.proto not in ("tcp", "udp"):
-        return NatResult(pkt)
-    if view.lookup("no-endpoints", f"{pkt.dst_ip} . {pkt.proto} . {pkt.dport}") is not None:
-        how = "TCP reset" if pkt.proto == "tcp" else "ICMP port unreachable"
-        return NatResult(pkt, refused=f"service {pkt.dst_ip}:{pkt.dport} has no endpoints: rejected ({how})")
-    if node_ip == pkt.dst_ip:
-        verdict = view.lookup("no-endpoint-nodeports", f"{pkt.proto} . {pkt.dport}")
-        if verdict == "drop":
-            return NatResult(pkt, dropped=f"NodePort {pkt.dport} has no local endpoint (externalTrafficPolicy Local)")
-        if verdict is not None:
-            return NatResult(pkt, refused=f"NodePort {pkt.dport} has no endpoints: rejected")
+def filter_hook(view: TableView, pkt: Packet, node_ip: str | None, hook: str = "input") -> NatResult:
+    """podnet's filter chain of ``hook``: service addresses no endpoint took (refused, or
+    dropped when no service has the address) and NodePorts without endpoints."""
+    for rule in view.rules(f"filter-{hook}"):
+        m = SERVICE_CIDR.search(rule)
+        if m and ipaddress.IPv4Address(pkt.dst_ip) in ipaddress.IPv4Network(m.group(1)):
+            return _service_cidr(view, pkt, m.group(1))
+        m = NO_ENDPOINT_NODEPORTS.search(rule)
+        if m and m.group(1) == pkt.dst_ip == node_ip and pkt.proto in PORT_PROTOCOLS:
+            verdict = view.lookup("no-endpoint-nodeports", f"{pkt.proto} . {pkt.dport}")
+            if verdict == "drop":
+                return NatResult(
+                    pkt, dropped=f"NodePort {pkt.dport} has no local endpoint (externalTrafficPolicy Local)"
+                )
+            if verdict is not None:
+                return NatResult(pkt, refused=f"NodePort {pkt.dport}/{pkt.proto} rejected: no endpoints ({_how(pkt)})")
     return NatResult(pkt)
+
+
+def _how(pkt: Packet) -> str:
+    return "TCP reset" if pkt.proto == "tcp" else "ICMP port unreachable"
+
+
+def _service_cidr(view: TableView, pkt: Packet, cidr: str) -> NatResult:
+    """The chain ``service-cidr``: what happens to a service address nothing DNATed."""
+    where = f"{pkt.dst_ip}:{pkt.dport}/{pkt.proto}" if pkt.proto != "icmp" else f"{pkt.dst_ip} (icmp)"
+    if pkt.proto != "icmp" and view.lookup("no-endpoints", f"{pkt.dst_ip} . {pkt.proto} . {pkt.dport}"):
+        return NatResult(pkt, refused=f"service {where} rejected: no endpoints ({_how(pkt)})")
+    if pkt.dst_ip in view.elements("cluster-ips"):
+        return NatResult(pkt, refused=f"ClusterIP {where} rejected: the service has no such port ({_how(pkt)})")
+    return NatResult(pkt, dropped=f"{pkt.dst_ip} is in the service CIDR {cidr} but no service has it: dropped")
 
 
 def postrouting(

@@ -167,6 +167,8 @@ class Tracer:
         src_ns, src_ip = self.resolve_source(source)
         dst_ip, dns = self.resolve_destination(destination, src_ns)
         if port is None:
+            if proto == "sctp":
+                raise TraceError("--proto sctp needs a --port (SCTP has no usual one)")
             port = {"tcp": 80, "udp": 53}.get(proto, 0)
         if proto == "icmp":
             sport = 0
@@ -531,7 +533,7 @@ class Tracer:
 
     def _filtered(self, view, pkt: Packet, node_ip: str | None, hook: str, hop: Hop, result: TraceResult) -> bool:
         """podnet's filter chains (services without endpoints): True when they end the packet here."""
-        f = netfilter.filter_hook(view, pkt, node_ip)
+        f = netfilter.filter_hook(view, pkt, node_ip, hook)
         if not (f.refused or f.dropped):
             return False
         hop.netfilter.append(f"filter {hook}: {f.refused or f.dropped}")
@@ -544,7 +546,7 @@ class Tracer:
         """NetworkPolicy in the forward hook of the node that holds either end: egress of a
         local source, ingress of a local destination (after DNAT). Replies are never judged:
         conntrack lets established connections through."""
-        if not self.topo.policies or pkt.proto not in ("tcp", "udp"):
+        if not self.topo.policies or pkt.proto not in netfilter.PORT_PROTOCOLS:
             return False
         node = next((n for n in self.topo.nodes.values() if n.netns == ns.name), None)
         if node is None:
