@@ -227,7 +227,7 @@ items:
 def test_jobs_are_refused_with_a_reason(kind: str) -> None:
     text = CLUSTER + f"---\napiVersion: batch/v1\nkind: {kind}\nmetadata: {{name: once}}\n"
     err = load_error(text)
-    check(err, line_of(text, f"kind: {kind}"), "kind", f"kind {kind} is not supported")
+    check(err, line_of(text, f"kind: {kind}"), "kind", f"{kind} is not supported")
 
 
 def test_every_field_podnet_reads_is_a_kubernetes_field() -> None:

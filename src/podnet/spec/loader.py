@@ -97,7 +97,7 @@ class _Objects:
             raise spec_error(doc, (), "each document must be a mapping with apiVersion and kind")
         kind = doc.data.get("kind")
         if kind in REFUSED_KINDS:
-            raise spec_error(doc, ("kind",), f"kind {kind} is not supported: {REFUSED_KINDS[kind]}")
+            raise spec_error(doc, ("kind",), f"{kind} is not supported: {REFUSED_KINDS[kind]}")
         if kind not in KINDS:
             raise spec_error(doc, ("kind",), f"unknown kind {kind!r} (expected one of: {', '.join(KINDS)})")
         obj = self._model(doc, KINDS[kind])
