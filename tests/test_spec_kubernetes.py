@@ -230,6 +230,19 @@ def test_jobs_are_refused_with_a_reason(kind: str) -> None:
     check(err, line_of(text, f"kind: {kind}"), "kind", f"{kind} is not supported")
 
 
+@pytest.mark.parametrize("kind", ["[Pod]", "{a: 1}", "5"])
+def test_a_kind_that_is_not_a_name_is_an_error(kind: str) -> None:
+    text = CLUSTER + f"---\napiVersion: v1\nkind: {kind}\nmetadata: {{name: a}}\n"
+    check(load_error(text), line_of(text, f"kind: {kind}"), "kind", "kind must be a string")
+
+
+def test_a_document_without_kind() -> None:
+    text = CLUSTER + "---\napiVersion: v1\nmetadata: {name: a}\n"
+    check(
+        load_error(text), line_of(text, "apiVersion: v1"), "kind", "required field is missing (expected one of: Cluster"
+    )
+
+
 def test_every_field_podnet_reads_is_a_kubernetes_field() -> None:
     for model, kube in KUBERNETES_TYPE.items():
         assert set(_model_fields(model)) <= KUBERNETES_FIELDS[kube], (model.__name__, kube)

@@ -271,6 +271,17 @@ def test_a_pods_hostname_and_subdomain_name_its_record() -> None:
 
 
 @pytest.mark.parametrize("field", ["hostname", "subdomain"])
+def test_hostname_and_subdomain_may_be_null(field: str) -> None:
+    text = CLUSTER + f"---\napiVersion: v1\nkind: Pod\nmetadata: {{name: a}}\nspec:\n  {field}: null\n"
+    assert load_text(text + "  containers: [{name: c}]\n", "f.yaml").pods[0].hostname is None
+
+
+def test_a_statefulset_service_name_may_be_null() -> None:
+    pods = pods_of(workload("StatefulSet", replicas=1, extra_spec="  serviceName: null\n"))
+    assert pods["default/web-0"].subdomain is None
+
+
+@pytest.mark.parametrize("field", ["hostname", "subdomain"])
 def test_hostname_and_subdomain_are_dns_labels(field: str) -> None:
     text = CLUSTER + f"---\napiVersion: v1\nkind: Pod\nmetadata: {{name: a}}\nspec:\n  {field}: Not_A_Label\n"
     text += "  containers: [{name: c}]\n"

@@ -96,6 +96,10 @@ class _Objects:
         if not isinstance(doc.data, dict):
             raise spec_error(doc, (), "each document must be a mapping with apiVersion and kind")
         kind = doc.data.get("kind")
+        if kind is None:
+            raise spec_error(doc, ("kind",), f"required field is missing (expected one of: {', '.join(KINDS)})")
+        if not isinstance(kind, str):
+            raise spec_error(doc, ("kind",), f"kind must be a string naming the object's kind, got {kind!r}")
         if kind in REFUSED_KINDS:
             raise spec_error(doc, ("kind",), f"{kind} is not supported: {REFUSED_KINDS[kind]}")
         if kind not in KINDS:

@@ -28,6 +28,10 @@ def check_label(value: str) -> str:
     return value
 
 
+def check_optional_label(value: str | None) -> str | None:
+    return None if value is None else check_label(value)
+
+
 def check_cidr(value: str) -> str:
     try:
         net = ipaddress.IPv4Network(value, strict=True)
@@ -205,7 +209,7 @@ class PodBody(Strict):
     hostname: str | None = None  # with subdomain: HOSTNAME.SUBDOMAIN.NS.svc.DOMAIN under a headless Service
     subdomain: str | None = None
 
-    _check_names = field_validator("hostname", "subdomain")(check_label)
+    _check_names = field_validator("hostname", "subdomain")(check_optional_label)
 
 
 class PodDoc(Strict):
@@ -353,7 +357,7 @@ class StatefulSetBody(ReplicaSetBody):
     serviceName: str | None = None  # the governing (headless) Service: the pods' DNS subdomain
     ordinals: Ordinals = Field(default_factory=Ordinals)
 
-    _check_service = field_validator("serviceName")(check_label)
+    _check_service = field_validator("serviceName")(check_optional_label)
 
 
 class DaemonSetBody(Strict):
