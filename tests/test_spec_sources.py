@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from podnet.errors import SpecError, UsageError
 from podnet.spec import load_file, load_sources, load_stored, read_sources, stored_form
+from tests.conftest import run_cli
 from tests.test_spec import CLUSTER, line_of, pod_doc
 from tests.test_spec_kubernetes import REAL_POD
 from tests.test_spec_workloads import workload
@@ -115,18 +114,6 @@ def test_one_file_is_stored_as_before(tmp_path: Path) -> None:
 # --- the command line: errors before anything is touched ----------------------------------------
 
 
-def podnet(*args: str, stdin: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "podnet", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env={**os.environ, **(env or {})},
-    )
-
-
 def one_line_error(result: subprocess.CompletedProcess[str], code: int = 2) -> str:
     assert result.returncode == code, result.stderr
     assert "Traceback" not in result.stdout + result.stderr
@@ -139,7 +126,7 @@ def test_cli_names_the_second_file_of_up(tmp_path: Path) -> None:
     pods = pod_doc("a", node="node-9")
     write(tmp_path, {"c.yaml": CLUSTER, "p.yaml": pods})
     state = tmp_path / "state"
-    result = podnet(
+    result = run_cli(
         "up", "-f", str(tmp_path / "c.yaml"), "-f", str(tmp_path / "p.yaml"), env={"PODNET_STATE_DIR": str(state)}
     )
     assert f"{tmp_path / 'p.yaml'}:{line_of(pods, 'node-9')}: spec.nodeName:" in one_line_error(result)
@@ -147,11 +134,11 @@ def test_cli_names_the_second_file_of_up(tmp_path: Path) -> None:
 
 
 def test_cli_up_needs_a_file() -> None:
-    assert "podnet up -f FILE" in one_line_error(podnet("up"))
+    assert "podnet up -f FILE" in one_line_error(run_cli("up"))
 
 
 def test_cli_a_missing_file() -> None:
-    assert "/no/such.yaml: cannot read file" in one_line_error(podnet("up", "-f", "/no/such.yaml"))
+    assert "/no/such.yaml: cannot read file" in one_line_error(run_cli("up", "-f", "/no/such.yaml"))
 
 
 def alias_bomb_file(tmp_path: Path) -> Path:
@@ -167,7 +154,7 @@ def alias_bomb_file(tmp_path: Path) -> Path:
 )
 def test_cli_refuses_an_alias_bomb_at_once(tmp_path: Path, command: tuple[str, ...]) -> None:
     path = alias_bomb_file(tmp_path)
-    line = one_line_error(podnet(*command, str(path)))
+    line = one_line_error(run_cli(*command, str(path)))
     assert f"{path}:" in line and "YAML aliases expand" in line
 
 
@@ -179,5 +166,5 @@ def test_cli_refuses_deep_and_non_utf8_files(tmp_path: Path, kind: str) -> None:
     else:
         path.write_bytes(CLUSTER.encode() + b"# caf\xe9\n")
     for command in (("up", "--dry-run"), ("trace", "web", "web", "-f")):
-        line = one_line_error(podnet(*command, str(path)))
+        line = one_line_error(run_cli(*command, str(path)))
         assert line.startswith(f"error: {path}:")
