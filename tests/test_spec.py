@@ -11,7 +11,7 @@ import pytest
 
 from podnet.errors import SpecError
 from podnet.plan import plan
-from podnet.spec import load_text
+from podnet.spec import load_file, load_text
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "quickstart.yaml"
 
@@ -149,11 +149,83 @@ def test_yaml_syntax_error() -> None:
     check(err, line_of(text, "extra: indented"), "", "YAML syntax error")
 
 
-def test_unknown_kind() -> None:
-    text = CLUSTER + "---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n"
+def test_yaml_error_names_the_line_where_the_construct_begins() -> None:
+    # An unclosed flow sequence: the parser gives up on the next line; the mistake is on this one.
+    text = CLUSTER.replace("podCIDR: 10.244.0.0/16", "podCIDR: [10.244.0.0/16")
     err = load_error(text)
-    check(err, line_of(text, "kind: Deployment"), "kind", "unknown kind 'Deployment'")
-    assert "Cluster, Namespace, Pod, Service" in err.message
+    began, failed = line_of(text, "podCIDR"), line_of(text, "nodeCIDRMaskSize")
+    check(err, began, "", "YAML syntax error")
+    assert "flow sequence that begins here" in err.message
+    assert f"line {failed}" in err.message
+
+
+def test_unclosed_quote_is_reported_where_it_opens() -> None:
+    text = CLUSTER.replace("name: demo", 'name: "demo')
+    err = load_error(text)
+    check(err, line_of(text, '"demo'), "", "quoted scalar that begins here")
+
+
+def test_yaml_errors_are_one_line() -> None:
+    for bad in ("podCIDR: [10.244.0.0/16", "podCIDR: {a: 1", "podCIDR: *nowhere", "podCIDR: \t1"):
+        err = load_error(CLUSTER.replace("podCIDR: 10.244.0.0/16", bad))
+        assert "\n" not in str(err), str(err)
+        assert err.line is not None
+
+
+@pytest.mark.parametrize("depth", [101, 500, 999, 5000])
+def test_deeply_nested_yaml_is_refused(depth: int) -> None:
+    text = CLUSTER + pod_doc("web") + "  overhead: " + "[" * depth + "]" * depth + "\n"
+    err = load_error(text)
+    check(err, line_of(text, "overhead"), "", "nest")  # ours past 100 levels, libyaml's past 1,000
+
+
+@pytest.mark.parametrize("flow", [True, False])
+def test_deeply_nested_block_yaml_is_refused(flow: bool) -> None:
+    lines = "".join(" " * (2 * i) + f"k{i}:\n" for i in range(600)) if not flow else "[" * 600 + "]" * 600
+    err = load_error(CLUSTER + "---\n" + lines + "\n")
+    assert "nested" in err.message and err.exit_code == 2 and err.line is not None
+
+
+def alias_bomb(levels: int = 9, fan_out: int = 9) -> str:
+    """The billion laughs: each level lists the previous one ``fan_out`` times."""
+    text = CLUSTER + pod_doc("web") + "  overhead:\n"
+    text += "    l0: &l0 [" + ", ".join(["lol"] * fan_out) + "]\n"
+    for i in range(1, levels):
+        text += f"    l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * fan_out) + "]\n"
+    return text
+
+
+def test_alias_bomb_is_refused_before_it_expands() -> None:
+    text = alias_bomb()
+    assert len(text.encode()) < 2048
+    err = load_error(text)
+    assert err.message.startswith("YAML aliases expand"), err.message
+    assert err.line is not None and line_of(text, "l0:") <= err.line <= line_of(text, "l8:")
+
+
+def test_modest_aliases_are_fine() -> None:
+    # Anchors live within one document, as YAML says.
+    text = CLUSTER + "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  labels: &team {team: a}\n"
+    text += "  annotations: *team\nspec:\n  containers: [{name: main}]\n"
+    spec = load_text(text, "f.yaml")
+    assert spec.pods[0].labels == {"team": "a"}
+
+
+def test_non_utf8_file_is_refused_with_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(CLUSTER.encode() + b"# caf\xe9\n")
+    with pytest.raises(SpecError) as exc:
+        load_file(path)
+    err = exc.value
+    assert (err.file, err.line, err.exit_code) == (str(path), CLUSTER.count("\n") + 1, 2)
+    assert "not UTF-8" in err.message and "0xe9" in err.message
+
+
+def test_unknown_kind() -> None:
+    text = CLUSTER + "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: web\n"
+    err = load_error(text)
+    check(err, line_of(text, "kind: Ingress"), "kind", "unknown kind 'Ingress'")
+    assert "Cluster, Namespace, Pod, Service, NetworkPolicy, Deployment" in err.message
 
 
 def test_unknown_field_in_cluster_spec() -> None:
@@ -274,7 +346,8 @@ def test_empty_file_has_no_cluster_document() -> None:
 def test_two_cluster_documents() -> None:
     text = CLUSTER + "---\n" + CLUSTER
     err = load_error(text)
-    check(err, line_of(text, "kind: Cluster", nth=2) - 1, "kind", "exactly one Cluster document")
+    check(err, line_of(text, "kind: Cluster", nth=2), "kind", "exactly one Cluster document")
+    assert "the first is f.yaml:1" in err.message
 
 
 def test_duplicate_yaml_key() -> None:

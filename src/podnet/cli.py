@@ -64,12 +64,16 @@ def _progress_factory(enabled: bool):
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    files = [*([args.file] if args.file else []), *args.filename]
+    if not files:
+        raise UsageError("give the cluster's spec: podnet up -f FILE (a file, a directory, or - for stdin)")
     result = usecases.up(
-        args.file,
+        files,
         dry_run=args.dry_run,
-        on_wait=_waiting(args.file),
+        on_wait=_waiting(" ".join(files)),
         progress=_progress_factory(err.is_terminal and args.output != "json"),
         warn=_warn,
+        quiet=args.quiet,
     )
     data = result.to_json()
     if args.output == "json":
@@ -339,7 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("-o", "--output", choices=["table", "json"], default="table", help="output format")
 
     p = sub.add_parser("up", help="create or converge a cluster from a file")
-    p.add_argument("file")
+    p.add_argument("file", nargs="?", help="the spec (as -f FILE)")
+    p.add_argument("-f", "--filename", action="append", default=[], help="a file, a directory or -; repeatable")
+    p.add_argument("-q", "--quiet", action="store_true", help="no warnings about Kubernetes fields podnet ignores")
     p.add_argument("--dry-run", action="store_true", help="show what would change, change nothing")
     p.add_argument("-v", "--verbose", action="store_true", help="list every change")
     common(p, cluster=False)

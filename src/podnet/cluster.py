@@ -20,7 +20,7 @@ from podnet.plan.ipam import Allocations
 from podnet.reconcile import Change, diff
 from podnet.recover import Recovery, recover, recover_slots
 from podnet.runtime import bird, process
-from podnet.spec import Spec, load_file, load_text
+from podnet.spec import Spec, load_file, load_sources, load_stored, read_sources, stored_form
 from podnet.state import State
 from podnet.store import Store, cluster_dir, cluster_lock, known_clusters
 
@@ -75,14 +75,20 @@ def observe_cluster(cluster: str, desired: State, sessions: Sessions | None = No
 
 
 def up(
-    file: str,
+    file: str | list[str],
     dry_run: bool = False,
     on_wait: Callable[[], None] | None = None,
     progress: ProgressStart | None = None,
     warn: Warn = _ignore,
+    quiet: bool = False,
 ) -> UpResult:
-    spec = load_file(file)
-    text = Path(file).read_text()
+    """``file``: a file, a directory or ``-``, or several of them (``podnet up -f A -f B``);
+    ``quiet``: no warnings about the Kubernetes fields the spec has and podnet ignores."""
+    sources = read_sources([file] if isinstance(file, str) else file)
+    spec = load_sources(sources)
+    if not quiet:
+        for warning in spec.warnings:
+            warn(warning)
     cluster = spec.cluster.name
     # Planning may still refuse the spec (a full node block, a hostPort clash): do it before
     # the lock or the store create anything.
@@ -99,7 +105,7 @@ def up(
             previous = current
             p = plan(spec, current)  # another command changed them while this one waited
         p, recovered = _recovered(spec, cluster, previous, p, warn)
-        state = _save(cluster, p.allocations, text, str(Path(file).resolve()))
+        state = _save(cluster, p.allocations, *stored_form(sources))
         try:
             from podnet.kernel.apply import apply
             from podnet.kernel.netlink import Sessions
@@ -285,7 +291,7 @@ def load_applied(cluster: str) -> tuple[Spec, Plan]:
         state.close()
     if not text:
         raise _missing(cluster)
-    spec = load_text(text, file)
+    spec = load_stored(text, file)
     return spec, plan(spec, allocations)
 
 

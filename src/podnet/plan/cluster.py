@@ -97,7 +97,11 @@ def _dns_config(spec: Spec, topo: Topology) -> dict:
         )
         for svc in topo.services.values()
     ]
-    pods = [dns.DnsPod(p.namespace, p.name, p.ip) for p in topo.pods.values()]
+    written = {p.key: p for p in spec.pods}
+    pods = [
+        dns.DnsPod(p.namespace, p.name, p.ip, written[p.key].hostname, written[p.key].subdomain)
+        for p in topo.pods.values()
+    ]
     zone = dns.zone(spec.cluster.dns_domain, services, pods, spec.cluster.dns_upstreams)
     return {"netns": topo.pods[DNS_POD].netns, "zone": zone}
 
@@ -208,7 +212,7 @@ def _plan_pods(spec: Spec, topo: Topology, previous: Allocations, allocations: A
         except Exhausted as exc:
             pod = next(p for p in members if p.key == exc.owner)
             raise SpecError(
-                spec.file,
+                pod.file or spec.file,
                 pod.line,
                 "spec.nodeName" if pod.node else "metadata.name",
                 f"node {node!r} has no address left for pod {pod.key}: its block {block} holds "
@@ -223,7 +227,7 @@ def _plan_pods(spec: Spec, topo: Topology, previous: Allocations, allocations: A
                 key = (port.host_port, port.protocol)
                 if key in host_ports:
                     raise SpecError(
-                        spec.file,
+                        pod.file or spec.file,
                         pod.line,
                         "spec.containers.ports.hostPort",
                         f"hostPort {port.host_port}/{port.protocol} of pod {pod.key} is already taken on node "

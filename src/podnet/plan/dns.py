@@ -5,7 +5,9 @@ deterministic description that ``podnet.runtime.dns`` serves; the names follow t
 Kubernetes DNS specification (https://github.com/kubernetes/dns/blob/master/docs/specification.md):
 
 - ``SVC.NS.svc.DOMAIN``  A  the ClusterIP; for a headless service, every endpoint address
-- ``POD.SVC.NS.svc.DOMAIN``  A  the endpoint's address (headless services only)
+- ``POD.SVC.NS.svc.DOMAIN``  A  the endpoint's address (headless services only); POD is the
+  pod's ``hostname`` when its ``subdomain`` names the service (a StatefulSet's pods: ``web-0``
+  under ``web``), as the endpoints controller sets the endpoint's hostname, else its name
 - ``_PORT._PROTO.SVC.NS.svc.DOMAIN``  SRV  one per *named* port: the service name as
   target for a ClusterIP service, each ``POD.SVC.NS.svc.DOMAIN`` for a headless one
 - ``A-B-C-D.NS.pod.DOMAIN``  A  every pod
@@ -63,6 +65,8 @@ class DnsPod:
     namespace: str
     name: str
     ip: str
+    hostname: str | None = None  # spec.hostname and spec.subdomain
+    subdomain: str | None = None
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -144,6 +148,7 @@ def zone(domain: str, services: list[DnsService], pods: list[DnsPod], upstreams:
     """
     domain = absolute(domain)
     records: list[dict] = []
+    by_name = {(p.namespace, p.name): p for p in pods}
     for svc in services:
         base = service_name(svc.namespace, svc.name, domain)
         named_ports = [p for p in svc.ports if p.name]
@@ -155,11 +160,11 @@ def zone(domain: str, services: list[DnsService], pods: list[DnsPod], upstreams:
                 records.append(_srv(srv, p.port, base, SRV_WEIGHT))
             continue
         endpoints = sorted(set(svc.endpoints), key=lambda e: (e.pod, _addr(e.ip)))
+        names = {ep: absolute(f"{_endpoint_hostname(svc, ep, by_name)}.{base}") for ep in endpoints}
         for ep in endpoints:
-            host = absolute(f"{ep.pod}.{base}")
             records.append(_a(base, ep.ip))
-            records.append(_a(host, ep.ip))
-        hosts = sorted({absolute(f"{ep.pod}.{base}") for ep in endpoints})
+            records.append(_a(names[ep], ep.ip))
+        hosts = sorted(set(names.values()))
         weight = max(1, SRV_WEIGHT // len(hosts)) if hosts else SRV_WEIGHT
         for p in named_ports:
             srv = absolute(f"_{p.name}._{p.protocol.lower()}.{base}")
@@ -177,6 +182,13 @@ def zone(domain: str, services: list[DnsService], pods: list[DnsPod], upstreams:
         "upstreams": [_upstream_text(u) for u in upstreams],
         "records": sorted(unique.values(), key=_sort_key),
     }
+
+
+def _endpoint_hostname(svc: DnsService, ep: DnsEndpoint, pods: dict[tuple[str, str], DnsPod]) -> str:
+    pod = pods.get((svc.namespace, ep.pod))
+    if pod is not None and pod.hostname and pod.subdomain == svc.name:
+        return pod.hostname
+    return ep.pod
 
 
 def digest(zone_data: dict) -> str:

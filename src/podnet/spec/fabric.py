@@ -46,33 +46,30 @@ def leaf_asn(fabric: Fabric, i: int) -> int:
     return fabric.leafASN + i - 1
 
 
-def expand(file: str, doc: Document, cluster: ClusterDoc) -> ClusterDoc:
+def expand(doc: Document, cluster: ClusterDoc) -> ClusterDoc:
     """The Cluster document with a fabric rewritten into subnets and routers; BGP settings checked."""
     body = cluster.spec
     u = body.underlay
     if body.bgp is not None and body.backend != "bgp":
-        raise spec_error(
-            file, doc, ("spec", "bgp"), f"spec.bgp applies only to backend: bgp (the backend is {body.backend})"
-        )
+        raise spec_error(doc, ("spec", "bgp"), f"spec.bgp applies only to backend: bgp (the backend is {body.backend})")
     if u.fabric is None:
         for i, node in enumerate(body.nodes):
             if node.leaf is not None:
                 raise spec_error(
-                    file, doc, ("spec", "nodes", i, "leaf"), "leaf needs underlay.fabric (or put the node on a subnet)"
+                    doc, ("spec", "nodes", i, "leaf"), "leaf needs underlay.fabric (or put the node on a subnet)"
                 )
-        _check_bgp(file, doc, cluster, None)
+        _check_bgp(doc, cluster, None)
         return cluster
 
     f = u.fabric
     if u.cidr is not None or u.subnets is not None or u.routers:
-        raise spec_error(file, doc, FABRIC, "give either underlay.fabric or underlay.cidr/subnets/routers, not both")
+        raise spec_error(doc, FABRIC, "give either underlay.fabric or underlay.cidr/subnets/routers, not both")
     leaves = [leaf_name(i) for i in range(1, f.leaves + 1)]
 
     racks = ipaddress.IPv4Network(f.rackCIDR)
     if f.rackMaskSize < racks.prefixlen or 2 ** (f.rackMaskSize - racks.prefixlen) < f.leaves:
         have = 2 ** (f.rackMaskSize - racks.prefixlen) if f.rackMaskSize >= racks.prefixlen else 0
         raise spec_error(
-            file,
             doc,
             (*FABRIC, "rackCIDR"),
             f"{racks} holds {have} racks of /{f.rackMaskSize}, the fabric has {f.leaves} leaves",
@@ -80,7 +77,6 @@ def expand(file: str, doc: Document, cluster: ClusterDoc) -> ClusterDoc:
     links = ipaddress.IPv4Network(f.linkCIDR)
     if links.prefixlen > 31 or 2 ** (31 - links.prefixlen) < f.leaves * f.spines:
         raise spec_error(
-            file,
             doc,
             (*FABRIC, "linkCIDR"),
             f"{links} holds {2 ** max(31 - links.prefixlen, 0)} point-to-point /31s, "
@@ -93,52 +89,48 @@ def expand(file: str, doc: Document, cluster: ClusterDoc) -> ClusterDoc:
     if body.external is not None:
         others.append((("spec", "external", "cidr"), ipaddress.IPv4Network(body.external.cidr)))
     if racks.overlaps(links):
-        raise spec_error(file, doc, (*FABRIC, "linkCIDR"), f"{links} overlaps spec.underlay.fabric.rackCIDR {racks}")
+        raise spec_error(doc, (*FABRIC, "linkCIDR"), f"{links} overlaps spec.underlay.fabric.rackCIDR {racks}")
     for key, net in (("rackCIDR", racks), ("linkCIDR", links)):
         for path, other in others:
             if net.overlaps(other):
-                raise spec_error(file, doc, (*FABRIC, key), f"{net} overlaps {'.'.join(path)} {other}")
+                raise spec_error(doc, (*FABRIC, key), f"{net} overlaps {'.'.join(path)} {other}")
 
     if f.leafASN <= f.spineASN <= f.leafASN + f.leaves - 1:
         raise spec_error(
-            file,
             doc,
             (*FABRIC, "spineASN"),
             f"AS {f.spineASN} is also a leaf's (leaves take {f.leafASN}-{f.leafASN + f.leaves - 1})",
         )
     if f.leafASN + f.leaves - 1 > 4294967294:
-        raise spec_error(file, doc, (*FABRIC, "leafASN"), f"{f.leaves} leaves from AS {f.leafASN} run past 4294967294")
+        raise spec_error(doc, (*FABRIC, "leafASN"), f"{f.leaves} leaves from AS {f.leafASN} run past 4294967294")
 
     border = None
     if body.external is not None:
         border = f.border or leaves[0]
         if border not in leaves:
             raise spec_error(
-                file, doc, (*FABRIC, "border"), f"{border!r} is not a leaf (expected one of: {', '.join(leaves)})"
+                doc, (*FABRIC, "border"), f"{border!r} is not a leaf (expected one of: {', '.join(leaves)})"
             )
     elif f.border is not None:
-        raise spec_error(file, doc, (*FABRIC, "border"), "a border leaf leads to spec.external: declare it first")
+        raise spec_error(doc, (*FABRIC, "border"), "a border leaf leads to spec.external: declare it first")
 
     per_leaf = dict.fromkeys(leaves, 0)
     nodes = []
     for i, node in enumerate(body.nodes):
         if node.subnet is not None:
             raise spec_error(
-                file,
                 doc,
                 ("spec", "nodes", i, "subnet"),
                 "with underlay.fabric a node names its leaf (leaf: leaf-1), not a subnet",
             )
         if node.leaf is None:
             raise spec_error(
-                file,
                 doc,
                 ("spec", "nodes", i),
                 f"leaf is required with underlay.fabric (expected one of: {', '.join(leaves)})",
             )
         if node.leaf not in per_leaf:
             raise spec_error(
-                file,
                 doc,
                 ("spec", "nodes", i, "leaf"),
                 f"leaf {node.leaf!r} does not exist (expected one of: {', '.join(leaves)})",
@@ -149,7 +141,6 @@ def expand(file: str, doc: Document, cluster: ClusterDoc) -> ClusterDoc:
     for leaf, count in per_leaf.items():
         if count > room:
             raise spec_error(
-                file,
                 doc,
                 (*FABRIC, "rackMaskSize"),
                 f"a /{f.rackMaskSize} rack has room for {room} nodes, {leaf} has {count}",
@@ -177,11 +168,11 @@ def expand(file: str, doc: Document, cluster: ClusterDoc) -> ClusterDoc:
     expanded = cluster.model_copy(
         update={"spec": body.model_copy(update={"underlay": underlay, "nodes": nodes})}, deep=False
     )
-    _check_bgp(file, doc, expanded, f)
+    _check_bgp(doc, expanded, f)
     return expanded
 
 
-def _check_bgp(file: str, doc: Document, cluster: ClusterDoc, fabric: Fabric | None) -> None:
+def _check_bgp(doc: Document, cluster: ClusterDoc, fabric: Fabric | None) -> None:
     body = cluster.spec
     if body.backend != "bgp":
         return
@@ -189,7 +180,6 @@ def _check_bgp(file: str, doc: Document, cluster: ClusterDoc, fabric: Fabric | N
     u = body.underlay
     if mode == "fabric" and not u.routers:
         raise spec_error(
-            file,
             doc,
             ("spec", "bgp", "mode") if body.bgp is not None and body.bgp.mode else ("spec", "backend"),
             "bgp mode fabric: nodes peer with the routers on their subnet, and this underlay has none "
@@ -200,7 +190,6 @@ def _check_bgp(file: str, doc: Document, cluster: ClusterDoc, fabric: Fabric | N
         segments = sorted({n.subnet or first for n in body.nodes})
         if len(segments) > 1:
             raise spec_error(
-                file,
                 doc,
                 ("spec", "bgp", "mode"),
                 "full-mesh peers the nodes with each other, so each route's next hop is a node on the same "

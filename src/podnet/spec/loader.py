@@ -1,26 +1,33 @@
-"""Read a cluster file into a validated :class:`Spec`, or raise one precise SpecError."""
+"""Read the spec's sources (files, directories, standard input) into a validated :class:`Spec`.
+
+Every problem is one precise SpecError naming the file, line and field. Each document (and
+each item of a ``kind: List``) is checked field by field (``kubefields``: Kubernetes fields
+podnet does not read are dropped with a warning), then by its model; workloads become pods
+(``workloads``); then the rules that span documents run (``validate``).
+"""
 
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import dataclass, field
 from pathlib import Path as FsPath
 from typing import Any
 
-import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from podnet.errors import SpecError
-from podnet.spec import fabric
+from podnet.spec import fabric, kubefields, sources, workloads
 from podnet.spec.models import (
     KINDS,
     AffinityConfig,
     ClusterDoc,
     ClusterSpec,
+    DaemonSetDoc,
+    DeploymentDoc,
     ExternalSpec,
     HostSpec,
     IPBlock,
-    LabelSelector,
-    LabelSelectorDoc,
+    ListDoc,
     Namespace,
     NamespaceDoc,
     NetworkPolicy,
@@ -32,119 +39,134 @@ from podnet.spec.models import (
     PolicyPort,
     PolicyRule,
     Port,
+    ReplicaSetDoc,
     RouterSpec,
-    SelectorRequirement,
     Service,
     ServiceDoc,
     ServicePort,
     Spec,
+    StatefulSetDoc,
     SubnetSpec,
 )
-from podnet.spec.validate import LOG_DROPS_ANNOTATION, subnets_of, validate, validate_policies, validate_services
-from podnet.spec.yamlpos import Document, DuplicateKey, Path, compose_documents, field_path
+from podnet.spec.sources import Source
+from podnet.spec.validate import (
+    LOG_DROPS_ANNOTATION,
+    subnets_of,
+    validate,
+    validate_objects,
+    validate_policies,
+    validate_services,
+)
+from podnet.spec.yamlpos import Document, Path, parse, spec_error
+
+REFUSED_KINDS = {
+    "Job": "a Job's pods run to completion, and podnet's pods serve until down: give them as Pods or a Deployment",
+    "CronJob": "a CronJob starts Jobs on a schedule, and podnet's pods serve until down: give them as Pods",
+}
+WORKLOADS = (DeploymentDoc, ReplicaSetDoc, StatefulSetDoc, DaemonSetDoc)
 
 
 def load_file(path: str | FsPath) -> Spec:
-    p = FsPath(path)
-    try:
-        text = p.read_text()
-    except OSError as exc:
-        raise SpecError(str(path), None, "", f"cannot read file: {exc.strerror}") from exc
-    return load_text(text, str(path))
-
-
-def _pydantic_error(file: str, doc: Document, exc: ValidationError, model: type) -> SpecError:
-    err = exc.errors()[0]
-    loc: Path = tuple(err["loc"])
-    # Drop pydantic's internal loc parts (e.g. the 'function-after[...]' of validators).
-    loc = tuple(p for p in loc if not (isinstance(p, str) and "[" in p))
-    msg = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "extra_forbidden":
-        allowed = _allowed_fields(model, loc[:-1])
-        msg = "unknown field" + (f" (expected one of: {', '.join(allowed)})" if allowed else "")
-    elif err["type"] == "missing":
-        msg = "required field is missing"
-    elif err["type"] == "literal_error":
-        msg = f"got {err.get('input')!r}, {msg[0].lower()}{msg[1:]}"
-    return SpecError(file, doc.line_of(loc), field_path(loc), msg)
-
-
-def _allowed_fields(model: type, path: Path) -> list[str]:
-    """Walk the model along ``path`` to list the fields that would have been accepted."""
-    from typing import get_args
-
-    cur: Any = model
-    for part in path:
-        if isinstance(part, int):
-            continue
-        fields = getattr(cur, "model_fields", {})
-        info = fields.get(part) or next((f for f in fields.values() if f.alias == part), None)
-        if info is None:
-            return []
-        ann = info.annotation
-        nxt = None
-        for cand in (ann, *get_args(ann), *[a for g in get_args(ann) for a in get_args(g)]):
-            if hasattr(cand, "model_fields"):
-                nxt = cand
-                break
-        if nxt is None:
-            return []
-        cur = nxt
-    return sorted(info.alias or name for name, info in getattr(cur, "model_fields", {}).items())
+    """A file, a directory of manifests, or ``-`` (standard input)."""
+    return load_sources(sources.read_sources([str(path)]))
 
 
 def load_text(text: str, file: str = "<string>") -> Spec:
-    try:
-        docs = compose_documents(text)
-    except DuplicateKey as dup:
-        raise SpecError(file, dup.line, field_path((*dup.path, dup.key)), "duplicate key") from None
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else None
-        raise SpecError(file, line, "", f"YAML syntax error: {exc.problem or exc.context}") from None
-    except yaml.YAMLError as exc:
-        raise SpecError(file, None, "", f"YAML syntax error: {exc}") from None
+    return load_sources([Source(file, text)])
+
+
+def load_stored(text: str, file: str) -> Spec:
+    """The spec as ``up`` stored it (``sources.stored_form``)."""
+    return load_sources(sources.from_stored_form(text, file))
+
+
+@dataclass
+class _Objects:
+    """Every object of the sources, by kind, in the order written."""
 
     cluster: tuple[Document, ClusterDoc] | None = None
-    namespaces: list[tuple[Document, NamespaceDoc]] = []
-    pods: list[tuple[Document, PodDoc]] = []
-    services: list[tuple[Document, ServiceDoc]] = []
-    policies: list[tuple[Document, NetworkPolicyDoc]] = []
-    for doc in docs:
-        if not isinstance(doc.data, dict):
-            raise SpecError(file, doc.line, "", "each document must be a mapping with apiVersion and kind")
-        kind = doc.data.get("kind")
-        if kind not in KINDS:
-            expected = ", ".join(KINDS)
-            raise SpecError(
-                file, doc.line_of(("kind",)), "kind", f"unknown kind {kind!r} (expected one of: {expected})"
-            )
-        model = KINDS[kind]
-        try:
-            obj = model.model_validate(doc.data)
-        except ValidationError as exc:
-            raise _pydantic_error(file, doc, exc, model) from None
-        if isinstance(obj, ClusterDoc):
-            if cluster is not None:
-                raise SpecError(file, doc.line, "kind", "a file holds exactly one Cluster document; found a second")
-            cluster = (doc, obj)
-        elif isinstance(obj, NamespaceDoc):
-            namespaces.append((doc, obj))
-        elif isinstance(obj, PodDoc):
-            pods.append((doc, obj))
-        elif isinstance(obj, ServiceDoc):
-            services.append((doc, obj))
-        elif isinstance(obj, NetworkPolicyDoc):
-            policies.append((doc, obj))
-    if cluster is None:
-        raise SpecError(file, None, "kind", "no Cluster document (expected one with apiVersion: podnet.io/v1alpha1)")
+    namespaces: list[tuple[Document, NamespaceDoc]] = field(default_factory=list)
+    pods: list[tuple[Document, PodDoc]] = field(default_factory=list)
+    workloads: list[tuple[Document, Any]] = field(default_factory=list)
+    services: list[tuple[Document, ServiceDoc]] = field(default_factory=list)
+    policies: list[tuple[Document, NetworkPolicyDoc]] = field(default_factory=list)
+    ignored: list[kubefields.Ignored] = field(default_factory=list)
 
-    cluster = (cluster[0], fabric.expand(file, *cluster))  # a leaf-spine fabric becomes subnets and routers
-    validate(file, cluster, namespaces, pods)
-    validate_services(file, cluster, namespaces, services)
-    validate_policies(file, namespaces, policies)
-    spec = _to_spec(file, cluster[1], namespaces, pods)
-    for doc, svc in services:
+    def add(self, doc: Document) -> None:
+        if not isinstance(doc.data, dict):
+            raise spec_error(doc, (), "each document must be a mapping with apiVersion and kind")
+        kind = doc.data.get("kind")
+        if kind is None:
+            raise spec_error(doc, ("kind",), f"required field is missing (expected one of: {', '.join(KINDS)})")
+        if not isinstance(kind, str):
+            raise spec_error(doc, ("kind",), f"kind must be a string naming the object's kind, got {kind!r}")
+        if kind in REFUSED_KINDS:
+            raise spec_error(doc, ("kind",), f"{kind} is not supported: {REFUSED_KINDS[kind]}")
+        if kind not in KINDS:
+            raise spec_error(doc, ("kind",), f"unknown kind {kind!r} (expected one of: {', '.join(KINDS)})")
+        obj = self._model(doc, KINDS[kind])
+        if isinstance(obj, ListDoc):
+            for i, item in enumerate(obj.items):
+                self.add(doc.at(("items", i), item))
+        elif isinstance(obj, ClusterDoc):
+            if self.cluster is not None:
+                first = self.cluster[0]
+                raise spec_error(
+                    doc, ("kind",), f"a spec holds exactly one Cluster document; the first is {first.file}:{first.line}"
+                )
+            self.cluster = (doc, obj)
+        elif isinstance(obj, NamespaceDoc):
+            self.namespaces.append((doc, obj))
+        elif isinstance(obj, PodDoc):
+            self.pods.append((doc, obj))
+        elif isinstance(obj, WORKLOADS):
+            self.workloads.append((doc, obj))
+        elif isinstance(obj, ServiceDoc):
+            self.services.append((doc, obj))
+        elif isinstance(obj, NetworkPolicyDoc):
+            self.policies.append((doc, obj))
+
+    def _model(self, doc: Document, model: type[BaseModel]) -> Any:
+        data, ignored = kubefields.sort_fields(doc, model)
+        try:
+            obj = model.model_validate(data)
+        except ValidationError as exc:
+            raise _pydantic_error(doc, exc) from None
+        self.ignored += ignored
+        return obj
+
+
+def _pydantic_error(doc: Document, exc: ValidationError) -> SpecError:
+    err = exc.errors()[0]
+    # Drop pydantic's internal loc parts (e.g. the 'function-after[...]' of validators).
+    loc: Path = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "missing":
+        msg = "required field is missing"
+    elif err["type"] == "literal_error":
+        msg = f"got {err.get('input')!r}, {msg[0].lower()}{msg[1:]}"
+    return spec_error(doc, loc, msg)
+
+
+def load_sources(given: list[Source]) -> Spec:
+    objects = _Objects()
+    for source in given:
+        for doc in parse(source.text, source.name):
+            objects.add(doc)
+    if objects.cluster is None:
+        names = ", ".join(s.name for s in given)
+        raise SpecError(names, None, "kind", "no Cluster document (expected one with apiVersion: podnet.io/v1alpha1)")
+
+    cluster = (objects.cluster[0], fabric.expand(*objects.cluster))  # a fabric becomes subnets and routers
+    nodes = [n.name for n in cluster[1].spec.nodes]
+    pods = [*objects.pods, *(pod for doc, w in objects.workloads for pod in workloads.expand(doc, w, nodes))]
+    validate_objects(objects.namespaces, [*objects.workloads, *pods, *objects.services, *objects.policies])
+    validate(cluster, objects.namespaces, pods)
+    validate_services(cluster, objects.services)
+    validate_policies(objects.policies)
+    spec = _to_spec(cluster, objects.namespaces, pods)
+    spec.warnings = kubefields.warnings(objects.ignored)
+    for doc, svc in objects.services:
         body = svc.spec
         spec.services.append(
             Service(
@@ -168,16 +190,16 @@ def load_text(text: str, file: str = "<string>") -> Spec:
                 line=doc.line,
             )
         )
-    spec.policies = [_policy(doc, pol) for doc, pol in policies]
+    spec.policies = [_policy(doc, pol) for doc, pol in objects.policies]
     return spec
 
 
 def _to_spec(
-    file: str,
-    cluster: ClusterDoc,
+    cluster_doc: tuple[Document, ClusterDoc],
     namespaces: list[tuple[Document, NamespaceDoc]],
     pods: list[tuple[Document, PodDoc]],
 ) -> Spec:
+    file, cluster = cluster_doc[0].file, cluster_doc[1]
     body = cluster.spec
     subnets = [SubnetSpec(name, ipaddress.IPv4Network(cidr)) for name, cidr in subnets_of(body)]
     external = None
@@ -231,23 +253,19 @@ def _to_spec(
                 node=pod.spec.nodeName,
                 ports=ports,
                 line=doc.line,
+                file=doc.file,
+                hostname=pod.spec.hostname,
+                subdomain=pod.spec.subdomain,
             )
         )
     return spec
 
 
-def _selector(sel: LabelSelectorDoc) -> LabelSelector:
-    return LabelSelector(
-        tuple(sorted(sel.matchLabels.items())),
-        tuple(SelectorRequirement(r.key, r.operator, tuple(sorted(set(r.values)))) for r in sel.matchExpressions),
-    )
-
-
 def _peers(peers: list[PolicyPeerDoc] | None) -> tuple[PolicyPeer, ...]:
     return tuple(
         PolicyPeer(
-            _selector(p.podSelector) if p.podSelector is not None else None,
-            _selector(p.namespaceSelector) if p.namespaceSelector is not None else None,
+            p.podSelector.to_selector() if p.podSelector is not None else None,
+            p.namespaceSelector.to_selector() if p.namespaceSelector is not None else None,
             IPBlock(
                 str(ipaddress.IPv4Network(p.ipBlock.cidr, strict=False)),
                 tuple(str(ipaddress.IPv4Network(e, strict=False)) for e in p.ipBlock.except_),
@@ -275,7 +293,7 @@ def _policy(doc: Document, pol: NetworkPolicyDoc) -> NetworkPolicy:
     return NetworkPolicy(
         namespace=pol.metadata.namespace or "default",
         name=pol.metadata.name,
-        pod_selector=_selector(body.podSelector),
+        pod_selector=body.podSelector.to_selector(),
         types=tuple(t for t in ("Ingress", "Egress") if t in types),
         ingress=tuple(PolicyRule(_peers(r.from_), ports(r)) for r in body.ingress or []),
         egress=tuple(PolicyRule(_peers(r.to), ports(r)) for r in body.egress or []),

@@ -1,7 +1,10 @@
 """The typed cluster file: one ``Cluster`` document plus Kubernetes manifests.
 
 Every model forbids unknown fields, so a typo is an error rather than a silently ignored
-setting. Cross-document rules (overlaps, references, duplicates) live in ``validate``.
+setting. The models of Kubernetes objects hold only the fields podnet reads: the other fields
+Kubernetes defines are dropped (with a warning) before these models see a document
+(``kubefields``). Cross-document rules (overlaps, references, duplicates) live in ``validate``;
+workloads become pods in ``workloads``.
 """
 
 from __future__ import annotations
@@ -23,6 +26,10 @@ def check_label(value: str) -> str:
             "and '-', starting and ending with a letter or digit)"
         )
     return value
+
+
+def check_optional_label(value: str | None) -> str | None:
+    return None if value is None else check_label(value)
 
 
 def check_cidr(value: str) -> str:
@@ -191,9 +198,6 @@ class NamespaceDoc(Strict):
 
 class Container(Strict):
     name: str
-    image: str | None = None
-    command: list[str] | None = None
-    args: list[str] | None = None
     ports: list[ContainerPort] = Field(default_factory=list)
 
     _check_name = field_validator("name")(check_label)
@@ -202,6 +206,10 @@ class Container(Strict):
 class PodBody(Strict):
     nodeName: str | None = None
     containers: list[Container] = Field(min_length=1)
+    hostname: str | None = None  # with subdomain: HOSTNAME.SUBDOMAIN.NS.svc.DOMAIN under a headless Service
+    subdomain: str | None = None
+
+    _check_names = field_validator("hostname", "subdomain")(check_optional_label)
 
 
 class PodDoc(Strict):
@@ -271,6 +279,12 @@ class LabelSelectorDoc(Strict):
     matchLabels: dict[str, str] = Field(default_factory=dict)
     matchExpressions: list[SelectorRequirementDoc] = Field(default_factory=list)
 
+    def to_selector(self) -> LabelSelector:
+        return LabelSelector(
+            tuple(sorted(self.matchLabels.items())),
+            tuple(SelectorRequirement(r.key, r.operator, tuple(sorted(set(r.values)))) for r in self.matchExpressions),
+        )
+
 
 class IPBlockDoc(Strict):
     cidr: str
@@ -313,12 +327,94 @@ class NetworkPolicyDoc(Strict):
     spec: NetworkPolicyBody
 
 
+class TemplateMeta(Strict):
+    """A pod template's metadata: its pods get generated names and the workload's namespace."""
+
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class PodTemplate(Strict):
+    metadata: TemplateMeta = Field(default_factory=TemplateMeta)
+    spec: PodBody
+
+
+class ReplicaSetBody(Strict):
+    replicas: int = Field(1, ge=0)
+    selector: LabelSelectorDoc
+    template: PodTemplate
+
+
+class DeploymentBody(ReplicaSetBody):
+    pass
+
+
+class Ordinals(Strict):
+    start: int = Field(0, ge=0)
+
+
+class StatefulSetBody(ReplicaSetBody):
+    serviceName: str | None = None  # the governing (headless) Service: the pods' DNS subdomain
+    ordinals: Ordinals = Field(default_factory=Ordinals)
+
+    _check_service = field_validator("serviceName")(check_optional_label)
+
+
+class DaemonSetBody(Strict):
+    selector: LabelSelectorDoc
+    template: PodTemplate
+
+
+class DeploymentDoc(Strict):
+    apiVersion: Literal["apps/v1"]
+    kind: Literal["Deployment"]
+    metadata: ObjectMeta
+    spec: DeploymentBody
+
+
+class ReplicaSetDoc(Strict):
+    apiVersion: Literal["apps/v1"]
+    kind: Literal["ReplicaSet"]
+    metadata: ObjectMeta
+    spec: ReplicaSetBody
+
+
+class StatefulSetDoc(Strict):
+    apiVersion: Literal["apps/v1"]
+    kind: Literal["StatefulSet"]
+    metadata: ObjectMeta
+    spec: StatefulSetBody
+
+
+class DaemonSetDoc(Strict):
+    apiVersion: Literal["apps/v1"]
+    kind: Literal["DaemonSet"]
+    metadata: ObjectMeta
+    spec: DaemonSetBody
+
+
+WorkloadDoc = DeploymentDoc | ReplicaSetDoc | StatefulSetDoc | DaemonSetDoc
+
+
+class ListDoc(Strict):
+    """``kind: List`` (what ``kubectl get -o yaml`` prints): its items are read as documents."""
+
+    apiVersion: Literal["v1"]
+    kind: Literal["List"]
+    items: list[dict] = Field(default_factory=list)
+
+
 KINDS: dict[str, type[Strict]] = {
     "Cluster": ClusterDoc,
     "Namespace": NamespaceDoc,
     "Pod": PodDoc,
     "Service": ServiceDoc,
     "NetworkPolicy": NetworkPolicyDoc,
+    "Deployment": DeploymentDoc,
+    "ReplicaSet": ReplicaSetDoc,
+    "StatefulSet": StatefulSetDoc,
+    "DaemonSet": DaemonSetDoc,
+    "List": ListDoc,
 }
 
 
@@ -338,6 +434,9 @@ class Pod:
     node: str | None  # as the user wrote it; placement happens in plan
     ports: tuple[Port, ...]
     line: int  # where the document starts, for errors found while planning
+    file: str = ""  # the file of that document (Spec.file when empty)
+    hostname: str | None = None  # spec.hostname and spec.subdomain, for DNS
+    subdomain: str | None = None
 
     @property
     def key(self) -> str:
@@ -490,7 +589,7 @@ class NetworkPolicy:
 
 @dataclass
 class Spec:
-    """A whole validated cluster file."""
+    """A whole validated cluster file (or several: ``file`` is the one holding the Cluster)."""
 
     file: str
     cluster: ClusterSpec
@@ -498,3 +597,4 @@ class Spec:
     pods: list[Pod] = field(default_factory=list)
     services: list[Service] = field(default_factory=list)
     policies: list[NetworkPolicy] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # Kubernetes fields podnet ignored, one per field

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from functools import partial
+from typing import Any
 
 from podnet.spec.models import (
     ClusterBody,
@@ -20,7 +21,6 @@ from podnet.spec.yamlpos import Document, spec_error
 
 
 def validate(
-    file: str,
     cluster: tuple[Document, ClusterDoc],
     namespaces: list[tuple[Document, NamespaceDoc]],
     pods: list[tuple[Document, PodDoc]],
@@ -28,40 +28,11 @@ def validate(
     cdoc, c = cluster
     body = c.spec
 
-    fail = partial(spec_error, file)
+    fail = spec_error
 
     _validate_network(cdoc, body, fail)
 
-    ns_names = {"default", "kube-system"}
-    declared: set[str] = set()
-    for doc, ns in namespaces:
-        if ns.metadata.name in declared:
-            raise fail(doc, ("metadata", "name"), f"duplicate Namespace {ns.metadata.name!r}")
-        ns_names.add(ns.metadata.name)
-        declared.add(ns.metadata.name)
-        if ns.metadata.namespace is not None:
-            raise fail(doc, ("metadata", "namespace"), "a Namespace is not itself namespaced")
-
-    seen_pods: set[tuple[str, str]] = set()
     for doc, pod in pods:
-        ns = pod.metadata.namespace or "default"
-        if ns not in ns_names:
-            raise fail(
-                doc,
-                ("metadata", "namespace"),
-                f"namespace {ns!r} is not declared "
-                f"(add a Namespace document, or use one of: {', '.join(sorted(ns_names))})",
-            )
-        if ns != "default":
-            from podnet.spec.models import check_label
-
-            try:
-                check_label(ns)
-            except ValueError as exc:
-                raise fail(doc, ("metadata", "namespace"), str(exc)) from None
-        if (ns, pod.metadata.name) in seen_pods:
-            raise fail(doc, ("metadata", "name"), f"duplicate Pod {ns}/{pod.metadata.name}")
-        seen_pods.add((ns, pod.metadata.name))
         if pod.spec.nodeName is not None and pod.spec.nodeName not in {n.name for n in body.nodes}:
             raise fail(
                 doc,
@@ -84,6 +55,60 @@ def validate(
                     if port.name in port_names:
                         raise fail(doc, (*path, "name"), f"duplicate port name {port.name!r} in this pod")
                     port_names.add(port.name)
+
+
+IMPLICIT_NAMESPACES = ("default", "kube-system")  # in every Kubernetes cluster
+
+
+def validate_objects(namespaces: list[tuple[Document, NamespaceDoc]], objects: list[tuple[Document, Any]]) -> None:
+    """What every object must get right: its namespace declared, its name unique, its labels sound.
+
+    ``objects`` are the namespaced ones (pods, workloads and the pods they make, services,
+    policies); namespaces themselves are checked here for their names and labels.
+    """
+    written: set[str] = set()
+    for doc, ns in namespaces:
+        if ns.metadata.name in written:
+            raise spec_error(doc, ("metadata", "name"), f"duplicate Namespace {ns.metadata.name!r}")
+        written.add(ns.metadata.name)
+        if ns.metadata.namespace is not None:
+            raise spec_error(doc, ("metadata", "namespace"), "a Namespace is not itself namespaced")
+        _check_metadata(doc, ns.metadata)
+    declared = written | set(IMPLICIT_NAMESPACES)
+    seen: set[tuple[str, str, str]] = set()
+    for doc, obj in objects:
+        ns = obj.metadata.namespace or "default"
+        if ns not in declared:
+            raise spec_error(
+                doc,
+                ("metadata", "namespace"),
+                f"namespace {ns!r} is not declared "
+                f"(add a Namespace document, or use one of: {', '.join(sorted(declared))})",
+            )
+        if (obj.kind, ns, obj.metadata.name) in seen:
+            raise spec_error(doc, ("metadata", "name"), f"duplicate {obj.kind} {ns}/{obj.metadata.name}")
+        seen.add((obj.kind, ns, obj.metadata.name))
+        _check_metadata(doc, obj.metadata)
+        if isinstance(obj, ServiceDoc):
+            _check_labels(doc, ("spec", "selector"), obj.spec.selector)
+        elif not isinstance(obj, PodDoc | NetworkPolicyDoc):  # a workload
+            _check_selector(obj.spec.selector, ("spec", "selector"), partial(spec_error, doc))
+            _check_metadata(doc, obj.spec.template.metadata, ("spec", "template", "metadata"))
+
+
+def _check_metadata(doc: Document, meta: Any, path: tuple = ("metadata",)) -> None:
+    _check_labels(doc, (*path, "labels"), meta.labels)
+    for key in meta.annotations:
+        problem = _label_key_problem(key.lower(), "annotation")  # Kubernetes checks them lowercased
+        if problem:
+            raise spec_error(doc, (*path, "annotations", key), problem)
+
+
+def _check_labels(doc: Document, path: tuple, labels: dict[str, str]) -> None:
+    for key, value in labels.items():
+        problem = _label_key_problem(key) or _label_value_problem(value)
+        if problem:
+            raise spec_error(doc, (*path, key), problem)
 
 
 def subnets_of(body: ClusterBody) -> list[tuple[str, str]]:
@@ -259,33 +284,16 @@ def _validate_network(cdoc: Document, body: ClusterBody, fail) -> None:
 RESERVED_SERVICE_ADDRESSES = 10  # the first ten of serviceCIDR: .1 (apiserver) ... .10 (cluster DNS)
 
 
-def validate_services(
-    file: str,
-    cluster: tuple[Document, ClusterDoc],
-    namespaces: list[tuple[Document, NamespaceDoc]],
-    services: list[tuple[Document, ServiceDoc]],
-) -> None:
+def validate_services(cluster: tuple[Document, ClusterDoc], services: list[tuple[Document, ServiceDoc]]) -> None:
     """Service rules: VIPs inside serviceCIDR and unique, node ports unique, port names sound."""
     service_net = ipaddress.IPv4Network(cluster[1].spec.serviceCIDR)
-    declared = {"default", "kube-system"} | {ns.metadata.name for _, ns in namespaces}
-    seen: set[tuple[str, str]] = set()
     vips: dict[str, str] = {}
     node_ports: dict[tuple[int, str], str] = {}
 
-    fail = partial(spec_error, file)
+    fail = spec_error
 
     for doc, svc in services:
-        ns = svc.metadata.namespace or "default"
-        key = f"{ns}/{svc.metadata.name}"
-        if (ns, svc.metadata.name) in seen:
-            raise fail(doc, ("metadata", "name"), f"duplicate Service {key}")
-        seen.add((ns, svc.metadata.name))
-        if ns not in declared:
-            raise fail(
-                doc,
-                ("metadata", "namespace"),
-                f"namespace {ns!r} is not declared (add a Namespace document, or use one of: {', '.join(sorted(declared))})",
-            )
+        key = f"{svc.metadata.namespace or 'default'}/{svc.metadata.name}"
         body = svc.spec
         if body.clusterIP is not None and body.clusterIP != "None":
             try:
@@ -346,13 +354,14 @@ _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9
 _PORT_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 
 
-def _label_key_problem(key: str) -> str | None:
-    prefix, _, name = key.rpartition("/")
-    if prefix and (len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix)):
-        return f"label key {key!r}: its prefix {prefix!r} is not a DNS subdomain"
+def _label_key_problem(key: str, what: str = "label") -> str | None:
+    """Kubernetes' qualified name: an optional DNS-subdomain prefix and '/', then a name."""
+    prefix, slash, name = key.rpartition("/")
+    if slash and (not prefix or len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix)):
+        return f"{what} key {key!r}: its prefix {prefix!r} is not a DNS subdomain (at most 253 characters of a-z, 0-9, '-' and '.')"
     if not name or len(name) > 63 or not _LABEL_NAME.match(name):
         return (
-            f"label key {key!r} is not valid (expected [prefix/]name, the name at most 63 characters of "
+            f"{what} key {key!r} is not valid (expected [prefix/]name, the name at most 63 characters of "
             "letters, digits, '-', '_' and '.', starting and ending with a letter or digit)"
         )
     return None
@@ -399,28 +408,11 @@ def _policy_network(text: str) -> ipaddress.IPv4Network:
         raise ValueError(f"{text!r} is not a valid IPv4 CIDR (expected e.g. 10.0.0.0/8)") from None
 
 
-def validate_policies(
-    file: str,
-    namespaces: list[tuple[Document, NamespaceDoc]],
-    policies: list[tuple[Document, NetworkPolicyDoc]],
-) -> None:
+def validate_policies(policies: list[tuple[Document, NetworkPolicyDoc]]) -> None:
     """NetworkPolicy rules Kubernetes' API server enforces, with the file, line and field of each error."""
-    declared = {"default", "kube-system"} | {ns.metadata.name for _, ns in namespaces}
-    seen: set[tuple[str, str]] = set()
-
     for doc, pol in policies:
-        fail = partial(spec_error, file, doc)
+        fail = partial(spec_error, doc)
 
-        ns = pol.metadata.namespace or "default"
-        if ns not in declared:
-            raise fail(
-                ("metadata", "namespace"),
-                f"namespace {ns!r} is not declared (add a Namespace document, or use one of: "
-                f"{', '.join(sorted(declared))})",
-            )
-        if (ns, pol.metadata.name) in seen:
-            raise fail(("metadata", "name"), f"duplicate NetworkPolicy {ns}/{pol.metadata.name}")
-        seen.add((ns, pol.metadata.name))
         log = pol.metadata.annotations.get(LOG_DROPS_ANNOTATION)
         if log is not None and log not in ("true", "false"):
             raise fail(("metadata", "annotations", LOG_DROPS_ANNOTATION), f'got {log!r}, expected "true" or "false"')
